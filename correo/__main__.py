@@ -1,0 +1,3 @@
+from correo.cli import main
+
+main()

@@ -1,0 +1,375 @@
+"""The connection runner shared by every protocol.
+
+It owns what is the same for SMTP, POP3 and IMAP: accepting, connection limits (global
+and per client IP), session ids, timeouts, writes with a bounded output buffer, STARTTLS
+upgrades (discarding whatever the client pipelined before the upgrade: the
+STARTTLS-injection class, CVE-2011-0411, RFC 3207 §4.2, RFC 2595 §3.1), implicit TLS
+(RFC 8314) and graceful shutdown. Sessions see only :class:`Connection`.
+
+A session is ``async def handle(conn: Connection, ctx: Context) -> None``; the protocol's
+sans-I/O core turns the bytes from ``conn.read()`` into commands and replies into bytes
+for ``conn.write()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import base64
+import itertools
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from correo.config import HostPort, Settings
+
+if TYPE_CHECKING:
+    from correo.context import Context
+    from correo.net.tls import TlsContexts
+
+log = logging.getLogger(__name__)
+
+# CPython's asyncio TLS transport allocates a read buffer of ``max_size`` (256 KiB) per
+# connection; 10,000 idle IMAP connections would pin 2.5 GiB. A TLS record is at most
+# 16 KiB of plaintext, so 32 KiB costs little throughput and an eighth of the memory.
+asyncio.sslproto.SSLProtocol.max_size = 32 * 1024  # type: ignore[attr-defined]
+
+
+class ConnectionClosed(Exception):
+    """The peer went away (EOF or reset) while the session wanted to write."""
+
+
+class IdleTimeout(Exception):
+    """No input for longer than the session's current inactivity timeout."""
+
+
+class ServerShutdown(Exception):
+    """The server is stopping; raised from ``read`` between commands."""
+
+
+Handler = Callable[["Connection", "Context"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """How a listener behaves: which session runs, how TLS starts, what to say when busy."""
+
+    name: str
+    """"smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"."""
+    protocol: str
+    """"smtp", "pop3" or "imap"."""
+    implicit_tls: bool
+    handler: Handler
+    busy: bytes
+    """Sent when a connection limit refuses the client (then the socket closes)."""
+    shutdown: bytes
+    """Sent to an idle session when the server stops."""
+
+
+_counter = itertools.count(1)
+_prefix = base64.b32encode(os.urandom(3)).decode().lower().rstrip("=")[:4]
+
+
+def new_session_id() -> str:
+    return f"{_prefix}{next(_counter):06x}"
+
+
+class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with the session id: one line per event (STYLE.md)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[{extra.get('sid', '-')}] {msg}", kwargs
+
+
+class Connection:
+    """One client connection as a session sees it."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        service: Service,
+        listener: HostPort,
+        runner: Runner,
+        peer: tuple[str, int],
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._runner = runner
+        self.service = service
+        self.listener = listener
+        self.session_id = new_session_id()
+        self.peer_ip, self.peer_port = peer
+        sockname = writer.get_extra_info("sockname") or ("", 0)
+        self.local_ip, self.local_port = sockname[0], sockname[1]
+        self.timeout: float = runner.settings.limits.login_timeout
+        self.tls = writer.get_extra_info("ssl_object") is not None
+        self.log = SessionLog(logging.getLogger(f"correo.{service.protocol}"),
+                              {"sid": self.session_id})
+        self._eof = False
+
+    # ---- what sessions use
+    @property
+    def listener_is_loopback(self) -> bool:
+        return self.listener.is_loopback
+
+    @property
+    def tls_info(self) -> str:
+        """E.g. ``TLSv1.3 TLS_AES_256_GCM_SHA384`` for Received: lines (RFC 8314 §7)."""
+        obj = self._writer.get_extra_info("ssl_object")
+        if obj is None:
+            return ""
+        cipher = obj.cipher()
+        return f"{obj.version()} {cipher[0] if cipher else ''}".strip()
+
+    @property
+    def tls_available(self) -> bool:
+        return self._runner.tls is not None and self._runner.tls.available
+
+    @property
+    def stopping(self) -> bool:
+        return self._runner.stopping
+
+    def set_timeout(self, seconds: float) -> None:
+        """Inactivity timeout for the next reads (RFC 5321 §4.5.3.2, RFC 1939 §3, ...)."""
+        self.timeout = seconds
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Some bytes from the client, b"" at EOF. Raises IdleTimeout, ServerShutdown."""
+        if self._eof:
+            return b""
+        if self._runner.stopping:
+            raise ServerShutdown
+        read = asyncio.ensure_future(self._reader.read(max_bytes))
+        stop = self._runner.stop_waiter()
+        try:
+            done, _ = await asyncio.wait(
+                (read, stop), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+        if read in done:
+            try:
+                data = read.result()
+            except (ConnectionError, OSError, ssl.SSLError):
+                data = b""
+            if not data:
+                self._eof = True
+            return data
+        read.cancel()
+        if self._runner.stopping:
+            raise ServerShutdown
+        raise IdleTimeout
+
+    def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            raise ConnectionClosed
+        self._writer.write(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet sent to the peer."""
+        transport = self._writer.transport
+        return transport.get_write_buffer_size() if transport else 0
+
+    async def drain(self) -> None:
+        """Wait until the output buffer is below the limit (slow readers stall here)."""
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed from exc
+
+    async def start_tls(self) -> None:
+        """Upgrade to TLS. Anything the client sent after the STARTTLS command and before
+        the handshake is discarded here, never executed under TLS (CVE-2011-0411)."""
+        ctx = self._runner.tls
+        if ctx is None or not ctx.available:
+            raise RuntimeError("STARTTLS without a certificate")
+        buffered = getattr(self._reader, "_buffer", None)
+        if buffered:
+            self.log.info("discarding %d byte(s) pipelined before TLS", len(buffered))
+            buffered.clear()
+        await self.drain()
+        try:
+            await asyncio.wait_for(
+                self._writer.start_tls(ctx.server_context),
+                timeout=self._runner.settings.limits.login_timeout,
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            self._eof = True
+            raise ConnectionClosed(f"TLS handshake failed: {exc}") from exc
+        self.tls = True
+        self.log.info("tls: %s", self.tls_info)
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            try:
+                await asyncio.wait_for(self._writer.drain(), 5)
+            except (ConnectionError, OSError, TimeoutError):
+                pass
+            self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 5)
+        except (ConnectionError, OSError, TimeoutError, ssl.SSLError):
+            pass
+
+
+class Runner:
+    """Accepts connections for every service and runs their sessions."""
+
+    def __init__(self, settings: Settings, tls: TlsContexts | None) -> None:
+        self.settings = settings
+        self.tls = tls
+        self.ctx: Context | None = None
+        """Set by :meth:`start_serving` once the store is open."""
+        self.stopping = False
+        self._stop_future: asyncio.Future[None] | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._per_ip: dict[str, int] = {}
+        self.bound: dict[str, list[HostPort]] = {}
+        """Actually bound addresses per service (ports resolved when 0 was asked)."""
+
+    def stop_waiter(self) -> asyncio.Future[None]:
+        if self._stop_future is None:
+            self._stop_future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def relay(_f: asyncio.Future[None]) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        if self._stop_future.done():
+            fut.set_result(None)
+        else:
+            self._stop_future.add_done_callback(relay)
+            fut.add_done_callback(lambda _f: self._stop_future.remove_done_callback(relay)
+                                  if self._stop_future else None)
+        return fut
+
+    async def listen(self, service: Service, addresses: tuple[HostPort, ...]) -> None:
+        ssl_ctx = self.tls.server_context if service.implicit_tls and self.tls else None
+        if service.implicit_tls and ssl_ctx is None:
+            raise RuntimeError(f"{service.name}: implicit TLS needs [tls] cert and key")
+        for addr in addresses:
+
+            async def on_connect(
+                reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter,
+                _addr: HostPort = addr,
+            ) -> None:
+                await self._serve(reader, writer, service, _addr)
+
+            server = await asyncio.start_server(
+                on_connect,
+                host=addr.host,
+                port=addr.port,
+                ssl=ssl_ctx,
+                reuse_address=True,
+                backlog=1024,
+                ssl_handshake_timeout=self.settings.limits.login_timeout if ssl_ctx else None,
+                start_serving=False,
+            )
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                bound = HostPort(host, port)
+                self.bound.setdefault(service.name, []).append(bound)
+                log.info("listening: %s on %s%s", service.name, bound,
+                         " (implicit TLS)" if ssl_ctx else "")
+            self._servers.append(server)
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        service: Service,
+        listener: HostPort,
+    ) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip = str(peer[0])
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        limits = self.settings.limits
+        assert self.ctx is not None
+        if (
+            self.stopping
+            or len(self._tasks) >= limits.max_connections
+            or self._per_ip.get(ip, 0) >= limits.max_connections_per_ip
+        ):
+            log.info("refused %s:%s on %s: connection limit", ip, peer[1], service.name)
+            try:
+                writer.write(service.busy)
+                await asyncio.wait_for(writer.drain(), 2)
+            except (ConnectionError, OSError, TimeoutError):
+                pass
+            writer.close()
+            return
+        conn = Connection(reader, writer, service, listener, self, (ip, int(peer[1])))
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        conn.log.info("connect from %s:%s to %s%s", ip, peer[1], service.name,
+                      " tls" if conn.tls else "")
+        try:
+            await service.handler(conn, self.ctx)
+        except ServerShutdown:
+            try:
+                conn.write(service.shutdown)
+            except ConnectionClosed:
+                pass
+        except (ConnectionClosed, ConnectionError):
+            conn.log.info("connection lost")
+        except IdleTimeout:
+            conn.log.info("idle timeout")
+        except asyncio.CancelledError:
+            conn.log.info("cancelled at shutdown")
+            raise
+        except Exception:
+            conn.log.exception("session crashed")
+        finally:
+            self._tasks.discard(task)
+            n = self._per_ip.get(ip, 1) - 1
+            if n:
+                self._per_ip[ip] = n
+            else:
+                self._per_ip.pop(ip, None)
+            await conn.close()
+            conn.log.info("disconnect")
+
+    async def start_serving(self, ctx: Context) -> None:
+        """Accept connections on every bound listener (after the store is open)."""
+        self.ctx = ctx
+        for server in self._servers:
+            await server.start_serving()
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight commands finish within ``grace``, then cancel."""
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        if self._stop_future is not None and not self._stop_future.done():
+            self._stop_future.set_result(None)
+        tasks = set(self._tasks)
+        if tasks:
+            log.info("waiting up to %.0fs for %d session(s)", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for server in self._servers:
+            await server.wait_closed()

@@ -1,0 +1,184 @@
+"""Builds the store, the listeners and the background tasks; runs them; stops cleanly.
+
+Start-up order matters when started as root: listeners are bound first (ports below
+1024), privileges are dropped to ``[server] user``, and only then is the store opened,
+so every file correo creates belongs to the unprivileged user. Connections are accepted
+only once the store is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from correo.config import HostPort, Settings
+from correo.context import Context
+from correo.net.runner import Runner, Service
+from correo.net.tls import TlsContexts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    protocol: str
+    implicit_tls: bool
+    standard_port: int
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    "smtp": ServiceSpec("smtp", False, 25),
+    "submission": ServiceSpec("smtp", False, 587),
+    "submissions": ServiceSpec("smtp", True, 465),
+    "pop3": ServiceSpec("pop3", False, 110),
+    "pop3s": ServiceSpec("pop3", True, 995),
+    "imap": ServiceSpec("imap", False, 143),
+    "imaps": ServiceSpec("imap", True, 993),
+}
+
+
+def implemented(protocol: str) -> bool:
+    """A protocol is served only when its session module exists (nothing fake listens)."""
+    try:
+        importlib.import_module(f"correo.{protocol}.session")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"correo.{protocol}.session":
+            return False
+        raise
+    return True
+
+
+def _service(name: str, spec: ServiceSpec) -> Service:
+    module = importlib.import_module(f"correo.{spec.protocol}.session")
+    return Service(
+        name=name,
+        protocol=spec.protocol,
+        implicit_tls=spec.implicit_tls,
+        handler=module.handle,
+        busy=module.BUSY,
+        shutdown=module.SHUTDOWN,
+    )
+
+
+def drop_privileges(user: str) -> None:
+    """Switch to ``user`` (and its primary group) after binding privileged ports."""
+    import grp
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SystemExit(f"[server] user: no such user {user!r}") from None
+    os.setgroups([g.gr_gid for g in grp.getgrall() if user in g.gr_mem] + [pw.pw_gid])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    log.info("dropped privileges to %s (uid %d)", user, pw.pw_uid)
+
+
+BackgroundTask = Callable[[Context], Awaitable[None]]
+
+
+class Server:
+    """One correo process: every configured listener plus background tasks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx: Context | None = None
+        self.runner: Runner | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.skipped: list[str] = []
+        """Configured services that are not started because not implemented yet."""
+
+    async def start(self) -> None:
+        from correo.auth.service import Authenticator
+        from correo.store import open_store
+
+        s = self.settings
+        tls = TlsContexts(s.tls) if s.tls.cert else None
+        runner = Runner(s, tls)
+        self.runner = runner
+        for name, spec in SERVICES.items():
+            addresses: tuple[HostPort, ...] = getattr(s.listen, name)
+            if not addresses:
+                continue
+            if not implemented(spec.protocol):
+                self.skipped.append(name)
+                log.warning("%s: not started (the %s server is not implemented yet)",
+                            name, spec.protocol.upper())
+                continue
+            if not spec.implicit_tls and tls is None:
+                log.warning("%s: no [tls] certificate, STARTTLS will not be offered", name)
+            await runner.listen(_service(name, spec), addresses)
+        if os.geteuid() == 0 and s.server.user:
+            drop_privileges(s.server.user)
+        store = await open_store(s)
+        ctx = Context(settings=s, store=store, auth=Authenticator(s), tls=tls)
+        self.ctx = ctx
+        for task in self._background_tasks():
+            self._background.append(asyncio.create_task(task(ctx)))
+        await runner.start_serving(ctx)
+
+    def _background_tasks(self) -> list[BackgroundTask]:
+        tasks: list[BackgroundTask] = []
+        try:
+            queue_runner = importlib.import_module("correo.queue.runner")
+        except ModuleNotFoundError as exc:
+            if exc.name != "correo.queue.runner":
+                raise
+        else:
+            tasks.append(queue_runner.run)
+        return tasks
+
+    async def stop(self) -> None:
+        grace = self.settings.server.shutdown_grace
+        if self.runner is not None:
+            await self.runner.stop(grace)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.ctx is not None:
+            await self.ctx.store.close()
+            self.ctx.auth.close()
+        log.info("stopped")
+
+    async def serve_forever(self, ready: Callable[[Server], None] | None = None) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads TLS certificates."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        try:
+            await self.start()
+            if ready is not None:
+                ready(self)
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await self.stop()
+
+    def reload_tls(self) -> None:
+        if self.ctx is None or self.ctx.tls is None:
+            return
+        try:
+            self.ctx.tls.reload()
+        except Exception as exc:  # keep serving with the old certificates
+            log.error("tls reload failed, keeping the old certificates: %s", exc)
+
+
+def install_event_loop_policy() -> str:
+    """Use uvloop when installed (DESIGN.md); returns the loop's name for the logs."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
