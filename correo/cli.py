@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from correo import __version__
-from correo.config import ConfigError, Settings, config_path, load, parse_size
+from correo.config import ConfigError, Settings, config_path, load
 from correo.store.base import AlreadyExists, NotFound, Store, StoreError
 
 T = TypeVar("T")
@@ -74,8 +74,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     numeric = [all(_isnum(r[i]) for r in cells) and bool(cells) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        out = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric,
-                                                                      strict=True)]
+        out = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
         return "  ".join(out).rstrip()
 
     click.echo(line(list(headers)))
@@ -175,13 +177,18 @@ def render_config(hostname: str, srs_secret: str) -> str:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False), default=".")
-@click.option("--hostname", default="localhost", show_default=True,
-              help="This server's name (EHLO, Received:, certificate).")
-@click.option("--domain", "domains", multiple=True,
-              help="A domain to host (repeatable).")
-@click.option("--demo-user", default=None,
-              help="Also create this local part in the first domain with a random password"
-              " (printed).")
+@click.option(
+    "--hostname",
+    default="localhost",
+    show_default=True,
+    help="This server's name (EHLO, Received:, certificate).",
+)
+@click.option("--domain", "domains", multiple=True, help="A domain to host (repeatable).")
+@click.option(
+    "--demo-user",
+    default=None,
+    help="Also create this local part in the first domain with a random password (printed).",
+)
 def init(directory: str, hostname: str, domains: tuple[str, ...], demo_user: str | None) -> None:
     """Create DIRECTORY/correo.toml, a self-signed certificate and the database.
 
@@ -242,8 +249,10 @@ def serve(obj: dict[str, Any]) -> None:
 
     def ready(srv: Server) -> None:
         assert srv.runner is not None
-        click.echo(f"correo {__version__} serving {settings.hostname} ({loop_name}); "
-                   f"data in {settings.data_dir}")
+        click.echo(
+            f"correo {__version__} serving {settings.hostname} ({loop_name}); "
+            f"data in {settings.data_dir}"
+        )
         for name, addrs in srv.runner.bound.items():
             for addr in addrs:
                 click.echo(f"  {name:<12} {addr!s:<22} {try_line(name, addr)}")

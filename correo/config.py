@@ -403,59 +403,113 @@ class _Loader:
         sections: dict[str, tuple[type, dict[str, Conv]]] = {
             "server": (
                 ServerSettings,
-                {"user": _str, "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
-                 "shutdown_grace": _dur},
+                {
+                    "user": _str,
+                    "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+                    "shutdown_grace": _dur,
+                },
             ),
             "listen": (
                 ListenSettings,
-                {name: _list(_hostport) for name in
-                 ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")}
+                {
+                    name: _list(_hostport)
+                    for name in (
+                        "smtp",
+                        "submission",
+                        "submissions",
+                        "pop3",
+                        "pop3s",
+                        "imap",
+                        "imaps",
+                    )
+                }
                 | {"proxy_protocol_from": _list(_network)},
             ),
             "tls": (
                 TlsSettings,
-                {"cert": p, "key": p, "min_version": _choice("1.2", "1.3"),
-                 "names": lambda v, k: self.names(v, k)},
+                {
+                    "cert": p,
+                    "key": p,
+                    "min_version": _choice("1.2", "1.3"),
+                    "names": lambda v, k: self.names(v, k),
+                },
             ),
             "storage": (
                 StorageSettings,
-                {"backend": _choice("sqlite", "postgresql"), "url": _str,
-                 "blobs": _choice("files", "database"), "blob_dir": p,
-                 "inline_threshold": _size, "pool_size": _int},
+                {
+                    "backend": _choice("sqlite", "postgresql"),
+                    "url": _str,
+                    "blobs": _choice("files", "database"),
+                    "blob_dir": p,
+                    "inline_threshold": _size,
+                    "pool_size": _int,
+                },
             ),
             "limits": (
                 LimitSettings,
-                {"max_message_size": _size, "max_recipients": _int, "max_connections": _int,
-                 "max_connections_per_ip": _int, "max_line_length": _size,
-                 "max_literal_size": _size, "max_errors": _int, "login_timeout": _dur,
-                 "smtp_timeout": _dur, "pop3_timeout": _dur, "imap_timeout": _dur,
-                 "output_buffer": _size},
+                {
+                    "max_message_size": _size,
+                    "max_recipients": _int,
+                    "max_connections": _int,
+                    "max_connections_per_ip": _int,
+                    "max_line_length": _size,
+                    "max_literal_size": _size,
+                    "max_errors": _int,
+                    "login_timeout": _dur,
+                    "smtp_timeout": _dur,
+                    "pop3_timeout": _dur,
+                    "imap_timeout": _dur,
+                    "output_buffer": _size,
+                },
             ),
             "auth": (
                 AuthSettings,
-                {"max_failures": _int, "failure_window": _dur, "lockout": _dur,
-                 "cache_ttl": _dur, "workers": _int, "argon2_time_cost": _int,
-                 "argon2_memory_cost": _int, "argon2_parallelism": _int,
-                 "plaintext_on_loopback": _bool},
+                {
+                    "max_failures": _int,
+                    "failure_window": _dur,
+                    "lockout": _dur,
+                    "cache_ttl": _dur,
+                    "workers": _int,
+                    "argon2_time_cost": _int,
+                    "argon2_memory_cost": _int,
+                    "argon2_parallelism": _int,
+                    "plaintext_on_loopback": _bool,
+                },
             ),
             "smtp": (
                 SmtpSettings,
-                {"trusted_networks": _list(_network), "vrfy": _bool,
-                 "require_sender_ownership": _bool, "hourly_messages": _int,
-                 "hourly_recipients": _int, "postmaster": _str,
-                 "max_received_headers": _int, "banner": _str},
+                {
+                    "trusted_networks": _list(_network),
+                    "vrfy": _bool,
+                    "require_sender_ownership": _bool,
+                    "hourly_messages": _int,
+                    "hourly_recipients": _int,
+                    "postmaster": _str,
+                    "max_received_headers": _int,
+                    "banner": _str,
+                },
             ),
             "relay": (
                 RelaySettings,
-                {"require_tls": _bool, "routes": lambda v, k: self.routes(v, k),
-                 "connect_timeout": _dur, "max_connections": _int,
-                 "max_connections_per_domain": _int, "srs_secret": _str},
+                {
+                    "require_tls": _bool,
+                    "routes": lambda v, k: self.routes(v, k),
+                    "connect_timeout": _dur,
+                    "max_connections": _int,
+                    "max_connections_per_domain": _int,
+                    "srs_secret": _str,
+                },
             ),
             "queue": (
                 QueueSettings,
-                {"retry_intervals": _list(_dur), "expire_after": _dur,
-                 "delay_warning_after": _dur, "lease": _dur, "jitter": _jitter,
-                 "max_alias_depth": _int},
+                {
+                    "retry_intervals": _list(_dur),
+                    "expire_after": _dur,
+                    "delay_warning_after": _dur,
+                    "lease": _dur,
+                    "jitter": _jitter,
+                    "max_alias_depth": _int,
+                },
             ),
             "pop3": (Pop3Settings, {"expire": _pop3_expire, "login_delay": _dur}),
         }
@@ -496,8 +550,9 @@ class _Loader:
         if s.storage.backend == "postgresql" and not s.storage.url:
             raise self.fail("storage.url", 'backend "postgresql" needs a url')
         if (s.tls.cert is None) != (s.tls.key is None):
-            raise self.fail("tls.cert" if s.tls.cert is None else "tls.key",
-                            "cert and key go together")
+            raise self.fail(
+                "tls.cert" if s.tls.cert is None else "tls.key", "cert and key go together"
+            )
         tls_listeners = s.listen.submissions or s.listen.pop3s or s.listen.imaps
         if tls_listeners and s.tls.cert is None:
             raise self.fail("tls.cert", "implicit-TLS listeners need a certificate")

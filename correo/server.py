@@ -14,8 +14,9 @@ import importlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from correo.config import HostPort, Settings
 from correo.context import Context
@@ -81,7 +82,7 @@ def drop_privileges(user: str) -> None:
     log.info("dropped privileges to %s (uid %d)", user, pw.pw_uid)
 
 
-BackgroundTask = Callable[[Context], Awaitable[None]]
+BackgroundTask = Callable[[Context], Coroutine[Any, Any, None]]
 
 
 class Server:
@@ -109,8 +110,11 @@ class Server:
                 continue
             if not implemented(spec.protocol):
                 self.skipped.append(name)
-                log.warning("%s: not started (the %s server is not implemented yet)",
-                            name, spec.protocol.upper())
+                log.warning(
+                    "%s: not started (the %s server is not implemented yet)",
+                    name,
+                    spec.protocol.upper(),
+                )
                 continue
             if not spec.implicit_tls and tls is None:
                 log.warning("%s: no [tls] certificate, STARTTLS will not be offered", name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import base64
+import ipaddress
 import itertools
 import logging
 import os
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from correo.config import HostPort, Settings
+from correo.net.proxy import MAX_V2_LENGTH, ProxyHeaderError
+from correo.net.proxy import parse as parse_proxy
 
 if TYPE_CHECKING:
     from correo.context import Context
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 # CPython's asyncio TLS transport allocates a read buffer of ``max_size`` (256 KiB) per
 # connection; 10,000 idle IMAP connections would pin 2.5 GiB. A TLS record is at most
 # 16 KiB of plaintext, so 32 KiB costs little throughput and an eighth of the memory.
-asyncio.sslproto.SSLProtocol.max_size = 32 * 1024  # type: ignore[attr-defined]
+asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
 
 
 class ConnectionClosed(Exception):
@@ -109,8 +112,9 @@ class Connection:
         self.local_ip, self.local_port = sockname[0], sockname[1]
         self.timeout: float = runner.settings.limits.login_timeout
         self.tls = writer.get_extra_info("ssl_object") is not None
-        self.log = SessionLog(logging.getLogger(f"correo.{service.protocol}"),
-                              {"sid": self.session_id})
+        self.log = SessionLog(
+            logging.getLogger(f"correo.{service.protocol}"), {"sid": self.session_id}
+        )
         self._eof = False
 
     # ---- what sessions use
@@ -219,6 +223,33 @@ class Connection:
             pass
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def read_proxy_header(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket
+) -> tuple[str, int] | None:
+    """Consume exactly the PROXY header from ``sock`` (peeking first, so nothing after it
+    is taken from the kernel buffer) and return the real client, or None (LOCAL)."""
+    while True:
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(sock.fileno())
+        data = sock.recv(16 + MAX_V2_LENGTH, socket.MSG_PEEK)
+        if not data:
+            raise ProxyHeaderError("connection closed before the PROXY header")
+        header = parse_proxy(data)
+        if header is not None:
+            sock.recv(header.length)  # consume exactly the header
+            return header.source
+        await asyncio.sleep(0.01)  # a partial header: wait for the rest
+
+
 class Runner:
     """Accepts connections for every service and runs their sessions."""
 
@@ -232,6 +263,14 @@ class Runner:
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_ip: dict[str, int] = {}
+        self._proxy_networks = [
+            ipaddress.ip_network(n) for n in settings.listen.proxy_protocol_from
+        ]
+        self._accept_sockets: list[
+            tuple[socket.socket, Service, HostPort, ssl.SSLContext | None]
+        ] = []
+        self._accept_tasks: list[asyncio.Task[None]] = []
+        self._handshakes: set[asyncio.Task[None]] = set()
         self.bound: dict[str, list[HostPort]] = {}
         """Actually bound addresses per service (ports resolved when 0 was asked)."""
 
@@ -248,8 +287,11 @@ class Runner:
             fut.set_result(None)
         else:
             self._stop_future.add_done_callback(relay)
-            fut.add_done_callback(lambda _f: self._stop_future.remove_done_callback(relay)
-                                  if self._stop_future else None)
+            fut.add_done_callback(
+                lambda _f: (
+                    self._stop_future.remove_done_callback(relay) if self._stop_future else None
+                )
+            )
         return fut
 
     async def listen(self, service: Service, addresses: tuple[HostPort, ...]) -> None:
@@ -257,6 +299,9 @@ class Runner:
         if service.implicit_tls and ssl_ctx is None:
             raise RuntimeError(f"{service.name}: implicit TLS needs [tls] cert and key")
         for addr in addresses:
+            if self._proxy_networks:
+                self._listen_proxied(service, addr, ssl_ctx)
+                continue
 
             async def on_connect(
                 reader: asyncio.StreamReader,
@@ -279,9 +324,100 @@ class Runner:
                 host, port = sock.getsockname()[:2]
                 bound = HostPort(host, port)
                 self.bound.setdefault(service.name, []).append(bound)
-                log.info("listening: %s on %s%s", service.name, bound,
-                         " (implicit TLS)" if ssl_ctx else "")
+                log.info(
+                    "listening: %s on %s%s",
+                    service.name,
+                    bound,
+                    " (implicit TLS)" if ssl_ctx else "",
+                )
             self._servers.append(server)
+
+    # ---- PROXY protocol: own accept loop, so the header is consumed before any TLS
+    # handshake (a ClientHello may follow the header in the same segment).
+
+    def _listen_proxied(
+        self, service: Service, addr: HostPort, ssl_ctx: ssl.SSLContext | None
+    ) -> None:
+        info = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(1024)
+        sock.setblocking(False)
+        host, port = sock.getsockname()[:2]
+        self.bound.setdefault(service.name, []).append(HostPort(host, port))
+        log.info(
+            "listening: %s on %s (PROXY protocol from %s)",
+            service.name,
+            HostPort(host, port),
+            ", ".join(map(str, self._proxy_networks)),
+        )
+        self._accept_sockets.append((sock, service, addr, ssl_ctx))
+
+    async def _accept_loop(
+        self,
+        sock: socket.socket,
+        service: Service,
+        addr: HostPort,
+        ssl_ctx: ssl.SSLContext | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            try:
+                client, peer = await loop.sock_accept(sock)
+            except OSError as exc:
+                log.warning("%s: accept failed: %s", service.name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._accept_one(client, peer, service, addr, ssl_ctx))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    def _is_balancer(self, ip: str) -> bool:
+        try:
+            a = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(a in net for net in self._proxy_networks)
+
+    async def _accept_one(
+        self,
+        client: socket.socket,
+        peer: tuple[Any, ...],
+        service: Service,
+        addr: HostPort,
+        ssl_ctx: ssl.SSLContext | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        real: tuple[str, int] | None = None
+        client.setblocking(False)
+        if self._is_balancer(str(peer[0])):
+            try:
+                real = await asyncio.wait_for(
+                    read_proxy_header(loop, client), self.settings.limits.login_timeout
+                )
+            except (ProxyHeaderError, OSError, TimeoutError) as exc:
+                log.info(
+                    "refused %s:%s on %s: PROXY header: %s", peer[0], peer[1], service.name, exc
+                )
+                client.close()
+                return
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve(reader, writer, service, addr, real)
+
+        reader = asyncio.StreamReader(limit=2**16)
+        protocol = asyncio.StreamReaderProtocol(reader, on_connect)
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol,
+                client,
+                ssl=ssl_ctx,
+                ssl_handshake_timeout=self.settings.limits.login_timeout if ssl_ctx else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info("connection from %s failed before the session: %s", peer[0], exc)
+            client.close()
 
     async def _serve(
         self,
@@ -289,8 +425,9 @@ class Runner:
         writer: asyncio.StreamWriter,
         service: Service,
         listener: HostPort,
+        real_peer: tuple[str, int] | None = None,
     ) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
+        peer = real_peer or writer.get_extra_info("peername") or ("?", 0)
         ip = str(peer[0])
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -318,8 +455,9 @@ class Runner:
         assert task is not None
         self._tasks.add(task)
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        conn.log.info("connect from %s:%s to %s%s", ip, peer[1], service.name,
-                      " tls" if conn.tls else "")
+        conn.log.info(
+            "connect from %s:%s to %s%s", ip, peer[1], service.name, " tls" if conn.tls else ""
+        )
         try:
             await service.handler(conn, self.ctx)
         except ServerShutdown:
@@ -351,6 +489,10 @@ class Runner:
         self.ctx = ctx
         for server in self._servers:
             await server.start_serving()
+        for sock, service, addr, ssl_ctx in self._accept_sockets:
+            self._accept_tasks.append(
+                asyncio.create_task(self._accept_loop(sock, service, addr, ssl_ctx))
+            )
 
     @property
     def active(self) -> int:
@@ -361,6 +503,12 @@ class Runner:
         self.stopping = True
         for server in self._servers:
             server.close()
+        for task in self._accept_tasks:
+            task.cancel()
+        for sock, *_ in self._accept_sockets:
+            sock.close()
+        for task in list(self._handshakes):
+            task.cancel()
         if self._stop_future is not None and not self._stop_future.done():
             self._stop_future.set_result(None)
         tasks = set(self._tasks)

@@ -24,9 +24,7 @@ log = logging.getLogger(__name__)
 
 def _context(cert: Path, key: Path, min_version: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    )
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     try:
@@ -76,7 +74,7 @@ class TlsContexts:
                     sock.context = chosen
             return None
 
-        default.sni_callback = pick  # type: ignore[assignment]
+        default.sni_callback = pick
         self._by_name = by_name
         if self._default is None:
             self._default = default
@@ -84,7 +82,7 @@ class TlsContexts:
             # Listeners hold the old default context object: swap its certificate in
             # place so new handshakes on existing listeners see the renewed files.
             self._default.load_cert_chain(str(s.cert), str(s.key))
-            self._default.sni_callback = pick  # type: ignore[assignment]
+            self._default.sni_callback = pick
         log.info("tls: loaded %d certificate(s)", 1 + len(by_name))
 
 

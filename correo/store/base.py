@@ -344,10 +344,14 @@ class Store(Protocol):
     ) -> list[FlagUpdate]:
         """Only messages whose flags actually changed get a new modseq and are returned."""
 
-    async def copy(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int) -> CopyResult:
+    async def copy(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+    ) -> CopyResult:
         """Raises OverQuota when the destination account cannot take the copies."""
 
-    async def move(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int) -> CopyResult:
+    async def move(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+    ) -> CopyResult:
         """Copy then expunge from the source, atomically (RFC 6851)."""
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
