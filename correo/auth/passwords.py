@@ -10,7 +10,7 @@ later only makes :func:`needs_rehash` true for older hashes; they still verify.
 
 * argon2 is deliberately slow (tens of milliseconds, 64 MiB), so verification runs in a
   bounded :class:`~concurrent.futures.ThreadPoolExecutor` (``auth.workers`` threads). The
-  bound is also the memory bound: at most ``workers × memory_cost`` KiB in use at once.
+  bound is also the memory bound: at most ``workers * memory_cost`` KiB in use at once.
 * Verified credentials are cached for ``auth.cache_ttl`` seconds (like Dovecot's
   ``auth_cache``) so a client that reconnects every minute does not pay argon2 each time.
   The key is HMAC-SHA256 under a per-process random key of ``address NUL password NUL
@@ -59,16 +59,22 @@ def make_hasher(settings: Settings | AuthSettings) -> PasswordHasher:
 def hash_password(password: str, settings: Settings | AuthSettings) -> str:
     """A new argon2id PHC string for ``password`` (random 16-byte salt). Slow: call it
     from the CLI or through :meth:`PasswordVerifier.hash` in the server."""
-    return make_hasher(settings).hash(password)
+    return make_hasher(settings).hash(_octets(password))
 
 
 def verify(password_hash: str, password: str) -> bool:
     """True if ``password`` matches ``password_hash``. Never raises: a malformed or
     non-argon2 hash (for example a ``!`` written to lock an account) is simply False."""
     try:
-        return _VERIFIER.verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return _VERIFIER.verify(password_hash, _octets(password))
+    except (VerifyMismatchError, VerificationError, InvalidHashError, ValueError):
         return False
+
+
+def _octets(password: str) -> bytes:
+    """The password's octets: UTF-8, and bytes a protocol layer could not decode (kept as
+    ``surrogateescape`` code points) go back to what the client sent."""
+    return password.encode("utf-8", "surrogateescape")
 
 
 def needs_rehash(password_hash: str, settings: Settings | AuthSettings) -> bool:
@@ -144,7 +150,7 @@ class PasswordVerifier:
     async def hash(self, password: str) -> str:
         """:func:`hash_password` with the configured parameters, off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._hasher.hash, password)
+        return await loop.run_in_executor(self._executor, self._hasher.hash, _octets(password))
 
     def needs_rehash(self, password_hash: str) -> bool:
         """:func:`needs_rehash` against this verifier's parameters."""
