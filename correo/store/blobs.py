@@ -1,0 +1,215 @@
+"""Content-addressed message bodies on disk, and the ``Body`` readers over them.
+
+A body is stored once, named by its SHA-256: ``<blob_dir>/ab/cd/<hex>`` (DESIGN.md
+principle 2). Writing is crash-safe: a temporary file in the same directory is written,
+fsynced, renamed into place, and the directory fsynced (directories created on the way are
+fsynced into their parents too), so after ``write`` returns the file survives a power
+loss. A file nobody references yet (written, then the process died before the database
+commit) is removed by :meth:`BlobFiles.sweep` when the store next opens.
+
+Reference counting lives in the database (``blobs`` table); this module only knows files.
+Bodies up to the inline threshold are kept in the database instead and never reach here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+from correo.store.base import DiskFullError, TemporaryStoreError
+
+_TMP_PREFIX = ".tmp-"
+_HEX = frozenset("0123456789abcdef")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_blob_name(name: str) -> bool:
+    return len(name) == 64 and set(name) <= _HEX
+
+
+def os_error(exc: OSError, what: str) -> TemporaryStoreError:
+    """ENOSPC/EDQUOT become :class:`DiskFullError`; any other I/O error is temporary."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"{what}: {exc.strerror or exc}")
+    return TemporaryStoreError(f"{what}: {exc.strerror or exc}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobFiles:
+    """The blob directory. Methods are blocking: call them from a worker thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha: str) -> Path:
+        if not is_blob_name(sha):
+            raise ValueError(f"not a SHA-256 hex digest: {sha!r}")
+        return self.root / sha[:2] / sha[2:4] / sha
+
+    def exists(self, sha: str) -> bool:
+        return self.path(sha).is_file()
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` and any missing parents up to root, fsyncing each parent."""
+        missing: list[Path] = []
+        d = directory
+        while not d.is_dir():
+            missing.append(d)
+            if d == self.root:
+                break
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+
+    def write(self, sha: str, data: bytes) -> bool:
+        """Store ``data`` durably under ``sha`` unless already there; True if written.
+
+        Raises :class:`DiskFullError` / :class:`TemporaryStoreError`, leaving no
+        partial file behind.
+        """
+        target = self.path(sha)
+        if target.is_file():
+            return False
+        tmp = target.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            self._ensure_dir(target.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise os_error(exc, f"writing blob {sha[:12]}") from exc
+        return True
+
+    def remove(self, sha: str) -> None:
+        """Unlink a body file (after the commit that dropped its last reference)."""
+        try:
+            self.path(sha).unlink(missing_ok=True)
+        except OSError:
+            return  # the sweep at the next open retries
+
+    def walk(self) -> Iterator[Path]:
+        """Every file under the root (blobs and temporaries), in no particular order."""
+        if not self.root.is_dir():
+            return
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                yield Path(dirpath) / name
+
+    def sweep(self, is_referenced: Callable[[str], bool]) -> int:
+        """Remove temporaries and blob files that no committed row references.
+
+        Only safe while no other process can be writing blobs (the store takes an
+        exclusive lock on the blob directory first). Returns how many files went.
+        """
+        removed = 0
+        for path in list(self.walk()):
+            name = path.name
+            if name.startswith(_TMP_PREFIX) or (is_blob_name(name) and not is_referenced(name)):
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError:
+                    continue
+        return removed
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def _clip(size: int, offset: int, length: int) -> tuple[int, int]:
+    """(start, end) of the requested range within ``size`` bytes."""
+    start = min(max(offset, 0), size)
+    end = size if length < 0 else min(size, start + length)
+    return start, end
+
+
+class InlineBody:
+    """A body held in memory (inline in the database): ``prefix`` + ``data``."""
+
+    def __init__(self, prefix: bytes, data: bytes) -> None:
+        self._prefix = prefix
+        self._data = data
+        self.size = len(prefix) + len(data)
+
+    async def read(self, offset: int = 0, length: int = -1) -> bytes:
+        start, end = _clip(self.size, offset, length)
+        return (self._prefix + self._data)[start:end]
+
+    async def chunks(
+        self, offset: int = 0, length: int = -1, chunk: int = 65536
+    ) -> AsyncIterator[bytes]:
+        whole = await self.read(offset, length)
+        for i in range(0, len(whole), max(chunk, 1)):
+            yield whole[i : i + chunk]
+
+
+class FileBody:
+    """A body whose shared part is a blob file, read piecewise (never loaded whole)."""
+
+    def __init__(self, prefix: bytes, path: Path, body_size: int) -> None:
+        self._prefix = prefix
+        self._path = path
+        self.size = len(prefix) + body_size
+
+    def _read_file(self, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except OSError as exc:
+            raise os_error(exc, "reading message body") from exc
+
+    async def read(self, offset: int = 0, length: int = -1) -> bytes:
+        start, end = _clip(self.size, offset, length)
+        parts = [piece async for piece in self.chunks(start, end - start, 1 << 20)]
+        return b"".join(parts)
+
+    async def chunks(
+        self, offset: int = 0, length: int = -1, chunk: int = 65536
+    ) -> AsyncIterator[bytes]:
+        start, end = _clip(self.size, offset, length)
+        chunk = max(chunk, 1)
+        plen = len(self._prefix)
+        pos = start
+        while pos < end and pos < plen:
+            stop = min(end, plen, pos + chunk)
+            yield self._prefix[pos:stop]
+            pos = stop
+        while pos < end:
+            n = min(chunk, end - pos)
+            data = await asyncio.to_thread(self._read_file, pos - plen, n)
+            if not data:
+                raise TemporaryStoreError("message body file is shorter than recorded")
+            yield data
+            pos += len(data)
