@@ -124,7 +124,8 @@ def hash_for(settings: Settings, password: str) -> str:
     "-c",
     "--config",
     type=click.Path(dir_okay=False),
-    help="Config file (default: $CORREO_CONFIG, then ./correo.toml).",
+    help="Config file (default: $CORREO_CONFIG, then ./correo.toml, then"
+    " ./correo-data/correo.toml as made by `make run`).",
 )
 @click.version_option(__version__, prog_name="correo")
 @click.pass_context
@@ -335,6 +336,19 @@ def domain_remove(obj: dict[str, Any], name: str, force: bool) -> None:
     with_store(obj, run)
 
 
-from correo import cli_accounts as _accounts  # noqa: E402
+def _register_subcommands() -> None:
+    """Command groups live in their own modules; a group whose module is absent (not
+    built yet) is simply not offered."""
+    import importlib
 
-_accounts.register(main)
+    for name in ("cli_accounts", "cli_queue", "cli_store"):
+        try:
+            module = importlib.import_module(f"correo.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"correo.{name}":
+                raise
+            continue
+        module.register(main)
+
+
+_register_subcommands()

@@ -594,14 +594,22 @@ def replace(obj: Any, **changes: Any) -> Any:
     return _replace(obj, **changes)
 
 
+DEMO_CONFIG = Path("correo-data") / DEFAULT_CONFIG_NAME
+"""Where ``make run`` puts its installation; found when ./correo.toml does not exist."""
+
+
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
-    """The config file: ``-c`` first, then ``$CORREO_CONFIG``, then ``./correo.toml``."""
+    """The config file: ``-c`` first, then ``$CORREO_CONFIG``, then ``./correo.toml``,
+    then ``./correo-data/correo.toml`` (the demo installation ``make run`` creates)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get("CORREO_CONFIG")
     if env:
         return Path(env)
-    return Path(DEFAULT_CONFIG_NAME)
+    default = Path(DEFAULT_CONFIG_NAME)
+    if not default.exists() and DEMO_CONFIG.exists():
+        return DEMO_CONFIG
+    return default
 
 
 def load(path: str | os.PathLike[str]) -> Settings:

@@ -67,6 +67,9 @@ def _service(name: str, spec: ServiceSpec) -> Service:
     )
 
 
+_BACKEND_MODULES = {"sqlite": "sqlite", "postgresql": "postgres"}
+
+
 def drop_privileges(user: str) -> None:
     """Switch to ``user`` (and its primary group) after binding privileged ports."""
     import grp
@@ -120,6 +123,9 @@ class Server:
                 log.warning("%s: no [tls] certificate, STARTTLS will not be offered", name)
             await runner.listen(_service(name, spec), addresses)
         if os.geteuid() == 0 and s.server.user:
+            # Import the store backend while still privileged: after the switch the
+            # interpreter's own files may be out of reach (a Python under /root).
+            importlib.import_module(f"correo.store.{_BACKEND_MODULES[s.storage.backend]}")
             drop_privileges(s.server.user)
         store = await open_store(s)
         ctx = Context(settings=s, store=store, auth=Authenticator(s), tls=tls)

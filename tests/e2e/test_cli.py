@@ -177,3 +177,72 @@ def test_serve_prints_listeners_and_stops_on_sigterm(inst: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _python_usable_by_nobody() -> bool:
+    """A Python installed under /root (pyenv) cannot import its stdlib after dropping to
+    nobody; production installs (/usr, /opt) can."""
+    r = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            sys.executable,
+            "-c",
+            "import importlib.readers, shutil, correo.store.sqlite",
+        ],
+        capture_output=True,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_serve_as_root_drops_to_server_user(tmp_path: Path) -> None:
+    if not _python_usable_by_nobody():
+        pytest.skip(f"{sys.executable} is not readable by user nobody on this machine")
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="correo-drop-"))  # traversable by nobody
+    try:
+        os.chmod(root, 0o755)
+        correo("init", str(root / "i"), "--domain", "example.test")
+        cfg = root / "i" / "correo.toml"
+        text = cfg.read_text() + CHEAP + '\n[server]\nuser = "nobody"\n'
+        for port in (2525, 2587, 2465, 2110, 2995, 2143, 2993):
+            text = text.replace(f'"127.0.0.1:{port}"', f'"127.0.0.1:{free_port()}"')
+        cfg.write_text(text)
+        for p in [root / "i", *(root / "i").rglob("*")]:
+            os.chown(p, nobody.pw_uid, nobody.pw_gid)
+        proc = subprocess.Popen(
+            [*CORREO, "-c", str(cfg), "serve"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            out = ""
+            deadline = time.monotonic() + 20
+            while "Ctrl-C stops" not in out and time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                out += line
+            assert "Ctrl-C stops" in out, out + (proc.stderr.read() if proc.poll() else "")
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            uid_line = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

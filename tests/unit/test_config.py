@@ -126,11 +126,17 @@ def test_missing_file(tmp_path: Path) -> None:
         config.load(tmp_path / "nope.toml")
 
 
-def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CORREO_CONFIG", "/etc/correo/env.toml")
     assert config.config_path("x.toml") == Path("x.toml")
     assert config.config_path(None) == Path("/etc/correo/env.toml")
     monkeypatch.delenv("CORREO_CONFIG")
+    assert config.config_path(None) == Path("correo.toml")
+    (tmp_path / "correo-data").mkdir()
+    (tmp_path / "correo-data" / "correo.toml").write_text("")
+    assert config.config_path(None) == Path("correo-data/correo.toml")
+    (tmp_path / "correo.toml").write_text("")
     assert config.config_path(None) == Path("correo.toml")
 
 
