@@ -18,8 +18,10 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from correo.mail.headers import decode_words, readable, to_text
 
 # --------------------------------------------------------------------------- header fields
 
@@ -101,33 +103,21 @@ def select_fields(header: bytes, names: Iterable[str], *, exclude: bool) -> byte
 
 # --------------------------------------------------------------------------- encoded words
 
-_ENCODED_WORD = re.compile(
-    r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=(?:[ \t\r\n]+(?==\?[^?\s]+\?[bBqQ]\?))?"
-)
-
 
 def decode_header_value(raw: bytes | str) -> str:
-    """Decode a header value for display or search: 8-bit octets as UTF-8 (RFC 6532),
-    encoded words (RFC 2047) to Unicode, whitespace between adjacent encoded words
-    dropped (RFC 2047 §6.2), folding removed."""
-    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+    """Decode a header value for search: 8-bit octets as UTF-8 (RFC 6532) or, where they
+    are not UTF-8, as ISO-8859-1 (as the delivery-time header index does), encoded words
+    (RFC 2047, via ``correo.mail.headers.decode_words``: adjacent words joined, §6.2),
+    folding removed. Never raises."""
+    text = raw if isinstance(raw, str) else readable(to_text(raw))
     if "\n" in text:
-        text = re.sub(r"\r?\n(?=[ \t])", "", text)
+        text = _UNFOLD_TEXT.sub("", text)
     if "=?" not in text:
         return text
-    return _ENCODED_WORD.sub(_decode_word, text)
+    return decode_words(text)
 
 
-def _decode_word(m: re.Match[str]) -> str:
-    charset, enc, payload = m.group(1), m.group(2), m.group(3)
-    try:
-        if enc in "bB":
-            data = binascii.a2b_base64(payload.encode("ascii") + b"===")
-        else:
-            data = binascii.a2b_qp(payload.encode("ascii"), header=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return m.group(0)
-    return decode_charset(data, charset)
+_UNFOLD_TEXT = re.compile(r"\r?\n(?=[ \t])")
 
 
 # --------------------------------------------------------------------------- charsets
@@ -173,7 +163,7 @@ def transfer_decode(data: bytes, cte: str | None) -> bytes:
     unknown encodings. Malformed base64 is decoded as far as possible."""
     enc = (cte or "").strip().lower()
     if enc == "base64":
-        return _b64(data)
+        return _b64(_B64_JUNK.sub(b"", data))
     if enc == "quoted-printable":
         return binascii.a2b_qp(data)
     return data
@@ -182,13 +172,15 @@ def transfer_decode(data: bytes, cte: str | None) -> bytes:
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 
 
-def _b64(data: bytes) -> bytes:
-    clean = _B64_JUNK.sub(b"", data)
-    clean = clean[: len(clean) - len(clean) % 4]
-    try:
-        return binascii.a2b_base64(clean)
-    except binascii.Error:  # pragma: no cover - clean input cannot fail
-        return b""
+def _b64(data: bytes, *, final: bool = True) -> bytes:
+    """Lenient base64 (RFC 2045 §6.8: characters outside the alphabet are ignored; a
+    truncated final quantum is decoded as far as it goes). ``data`` is already clean."""
+    whole = len(data) - len(data) % 4
+    out = binascii.a2b_base64(data[:whole]) if whole else b""
+    rest = data[whole:]
+    if final and len(rest) >= 2:
+        out += binascii.a2b_base64(rest + b"=" * (4 - len(rest)))
+    return out
 
 
 class TransferDecoder:
@@ -203,7 +195,7 @@ class TransferDecoder:
             data = self._pending + _B64_JUNK.sub(b"", chunk)
             cut = len(data) if final else len(data) - len(data) % 4
             self._pending = data[cut:]
-            return _b64(data[:cut])
+            return _b64(data[:cut], final=final)
         if self.encoding == "quoted-printable":
             data = self._pending + chunk
             cut = len(data) if final else data.rfind(b"\n") + 1
@@ -212,12 +204,13 @@ class TransferDecoder:
         return chunk
 
 
-def text_chunks(
-    chunks: Iterable[bytes], cte: str | None, charset: str | None
-) -> Iterator[str]:
-    """Decode a part's body read in chunks to text, chunk by chunk."""
-    tdec = TransferDecoder(cte)
-    cdec = codecs.getincrementaldecoder(codec_for(charset))("replace")
-    for chunk in chunks:
-        yield cdec.decode(tdec.feed(chunk))
-    yield cdec.decode(tdec.feed(b"", final=True), final=True)
+class TextDecoder:
+    """A part's body to text, chunk by chunk: transfer decoding then charset decoding,
+    both incremental (a base64 quantum or a multi-octet character may straddle chunks)."""
+
+    def __init__(self, cte: str | None, charset: str | None) -> None:
+        self._transfer = TransferDecoder(cte)
+        self._charset = codecs.getincrementaldecoder(codec_for(charset))("replace")
+
+    def feed(self, chunk: bytes, final: bool = False) -> str:
+        return self._charset.decode(self._transfer.feed(chunk, final), final)
