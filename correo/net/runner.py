@@ -116,6 +116,9 @@ class Connection:
             logging.getLogger(f"correo.{service.protocol}"), {"sid": self.session_id}
         )
         self._eof = False
+        self.waiting = False
+        """True while the session waits for input (between commands)."""
+        self.shutdown_requested = False
 
     # ---- what sessions use
     @property
@@ -144,31 +147,33 @@ class Connection:
         self.timeout = seconds
 
     async def read(self, max_bytes: int = 65536) -> bytes:
-        """Some bytes from the client, b"" at EOF. Raises IdleTimeout, ServerShutdown."""
+        """Some bytes from the client, b"" at EOF. Raises IdleTimeout, ServerShutdown.
+
+        Hot path: one timeout handle per read, no extra futures. At shutdown the runner
+        cancels the task of every session waiting here and the cancellation is turned
+        into ServerShutdown (commands already running are not interrupted)."""
         if self._eof:
             return b""
         if self._runner.stopping:
             raise ServerShutdown
-        read = asyncio.ensure_future(self._reader.read(max_bytes))
-        stop = self._runner.stop_waiter()
+        self.waiting = True
         try:
-            done, _ = await asyncio.wait(
-                (read, stop), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            async with asyncio.timeout(self.timeout):
+                data = await self._reader.read(max_bytes)
+        except TimeoutError:
+            raise IdleTimeout from None
+        except (ConnectionError, OSError, ssl.SSLError):
+            data = b""
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.shutdown_requested and task is not None and task.uncancel() == 0:
+                raise ServerShutdown from None
+            raise
         finally:
-            stop.cancel()
-        if read in done:
-            try:
-                data = read.result()
-            except (ConnectionError, OSError, ssl.SSLError):
-                data = b""
-            if not data:
-                self._eof = True
-            return data
-        read.cancel()
-        if self._runner.stopping:
-            raise ServerShutdown
-        raise IdleTimeout
+            self.waiting = False
+        if not data:
+            self._eof = True
+        return data
 
     def write(self, data: bytes) -> None:
         if self._writer.is_closing():
@@ -199,11 +204,12 @@ class Connection:
             self.log.info("discarding %d byte(s) pipelined before TLS", len(buffered))
             buffered.clear()
         await self.drain()
+        buffered = getattr(self._reader, "_buffer", None)
+        if buffered:  # arrived while the reply drained: still plaintext, still discarded
+            buffered.clear()
         try:
-            await asyncio.wait_for(
-                self._writer.start_tls(ctx.server_context),
-                timeout=self._runner.settings.limits.login_timeout,
-            )
+            async with asyncio.timeout(self._runner.settings.limits.login_timeout):
+                await self._writer.start_tls(ctx.server_context)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             self._eof = True
             raise ConnectionClosed(f"TLS handshake failed: {exc}") from exc
@@ -259,9 +265,8 @@ class Runner:
         self.ctx: Context | None = None
         """Set by :meth:`start_serving` once the store is open."""
         self.stopping = False
-        self._stop_future: asyncio.Future[None] | None = None
         self._servers: list[asyncio.base_events.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Connection] = {}
         self._per_ip: dict[str, int] = {}
         self._proxy_networks = [
             ipaddress.ip_network(n) for n in settings.listen.proxy_protocol_from
@@ -273,26 +278,6 @@ class Runner:
         self._handshakes: set[asyncio.Task[None]] = set()
         self.bound: dict[str, list[HostPort]] = {}
         """Actually bound addresses per service (ports resolved when 0 was asked)."""
-
-    def stop_waiter(self) -> asyncio.Future[None]:
-        if self._stop_future is None:
-            self._stop_future = asyncio.get_running_loop().create_future()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def relay(_f: asyncio.Future[None]) -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        if self._stop_future.done():
-            fut.set_result(None)
-        else:
-            self._stop_future.add_done_callback(relay)
-            fut.add_done_callback(
-                lambda _f: (
-                    self._stop_future.remove_done_callback(relay) if self._stop_future else None
-                )
-            )
-        return fut
 
     async def listen(self, service: Service, addresses: tuple[HostPort, ...]) -> None:
         ssl_ctx = self.tls.server_context if service.implicit_tls and self.tls else None
@@ -453,7 +438,7 @@ class Runner:
         conn = Connection(reader, writer, service, listener, self, (ip, int(peer[1])))
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self._tasks[task] = conn
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         conn.log.info(
             "connect from %s:%s to %s%s", ip, peer[1], service.name, " tls" if conn.tls else ""
@@ -475,7 +460,7 @@ class Runner:
         except Exception:
             conn.log.exception("session crashed")
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             n = self._per_ip.get(ip, 1) - 1
             if n:
                 self._per_ip[ip] = n
@@ -509,8 +494,10 @@ class Runner:
             sock.close()
         for task in list(self._handshakes):
             task.cancel()
-        if self._stop_future is not None and not self._stop_future.done():
-            self._stop_future.set_result(None)
+        for task, conn in list(self._tasks.items()):
+            if conn.waiting:  # idle between commands: say goodbye now
+                conn.shutdown_requested = True
+                task.cancel()
         tasks = set(self._tasks)
         if tasks:
             log.info("waiting up to %.0fs for %d session(s)", grace, len(tasks))

@@ -37,7 +37,7 @@ from correo.pop3 import protocol as p
 from correo.pop3.capa import capabilities
 from correo.pop3.maildrop import Entry, Maildrop, MaildropError
 from correo.pop3.stuffing import DotStuffer, TopFilter
-from correo.store.base import Account, FlagMode, NotFound, StoredMessage, StoreError
+from correo.store.base import Account, NotFound, StoredMessage, StoreError
 
 if TYPE_CHECKING:
     from correo.context import Context
@@ -516,9 +516,8 @@ class Pop3Session:
         self.proto.advance(p.Transition.UPDATE_DONE)
 
     async def expunge(self, mailbox_id: int, uids: list[int]) -> int:
-        """Flag then expunge exactly ``uids`` (the store removes only \\Deleted messages,
-        and only those listed, so an IMAP user's own \\Deleted messages stay)."""
+        """Remove exactly ``uids`` in one durable transaction (an IMAP user's own
+        \\Deleted messages stay; a crash leaves either all or none removed)."""
         if not uids:
             return 0
-        await self.store.set_flags(mailbox_id, uids, frozenset({DELETED}), FlagMode.ADD)
-        return len(await self.store.expunge(mailbox_id, uids))
+        return len(await self.store.delete_messages(mailbox_id, uids))

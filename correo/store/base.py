@@ -357,6 +357,10 @@ class Store(Protocol):
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Expunge \\Deleted messages (only among ``uids`` when given); returns UIDs."""
 
+    async def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Expunge exactly ``uids`` regardless of flags, atomically (POP3 UPDATE);
+        returns the UIDs removed."""
+
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
         """Change-log rows with modseq > ``modseq`` in modseq order."""
 

@@ -499,6 +499,10 @@ class SqliteStore:
         wanted = None if uids is None else tuple(uids)
         return await self._write(lambda tx: messages.expunge(tx, mailbox_id, wanted))
 
+    async def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        wanted = tuple(uids)
+        return await self._write(lambda tx: messages.delete(tx, mailbox_id, wanted))
+
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
         """Change-log rows after ``modseq`` in modseq (then uid) order. The log is
         compacted: per uid it keeps its ADDED row and its latest FLAGS row, and once the

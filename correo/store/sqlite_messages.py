@@ -315,6 +315,18 @@ def expunge(tx: WriteTx, mailbox_id: int, uids: Sequence[int] | None) -> list[in
     return _remove(tx, mb, rows, release=True)
 
 
+def delete(tx: WriteTx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+    r"""Remove exactly ``uids`` whatever their flags (RFC 1939 §6 UPDATE: POP3's deletions
+    are one transaction, never a \Deleted flag left behind by a crash)."""
+    mb = selectable_mailbox(tx.conn, mailbox_id)
+    rows = tx.conn.execute(
+        "SELECT uid, flags, size, blob_id FROM messages"
+        " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
+        (mailbox_id, uid_list(uids)),
+    ).fetchall()
+    return _remove(tx, mb, rows, release=True)
+
+
 def copy(tx: WriteTx, src_id: int, uids: Sequence[int], dst_id: int, *, move: bool) -> CopyResult:
     """RFC 9051 §6.4.7 COPY / RFC 6851 MOVE with RFC 4315 COPYUID pairs.
 

@@ -466,6 +466,22 @@ async def test_expunge_only_given_uids(
     assert mb is not None and mb.exists == 1 and mb.unseen == 1
 
 
+async def test_delete_messages_ignores_flags_and_logs_expunges(
+    store: Store, account: Account, make_message: MakeMessage
+) -> None:
+    mid = await inbox_id(store, account)
+    for i in range(4):
+        await deliver_to(store, make_message(f"Subject: {i}\n\n{i}\n"), account)
+    before = (await store.get_mailbox_by_id(mid)).highestmodseq  # type: ignore[union-attr]
+    await store.set_flags(mid, [4], frozenset({"\\Deleted"}), FlagMode.ADD)
+    assert await store.delete_messages(mid, [1, 3, 99]) == [1, 3]
+    assert [i.uid for i in await store.message_infos(mid)] == [2, 4]
+    gone = [c.uid for c in await store.changes_since(mid, before) if c.kind.value == "expunged"]
+    assert gone == [1, 3]
+    acct = await store.get_account_by_id(account.id)
+    assert acct is not None and acct.used == sum(i.size for i in await store.message_infos(mid))
+
+
 async def test_copy_and_move(store: Store, account: Account, make_message: MakeMessage) -> None:
     mid = await inbox_id(store, account)
     for i in range(3):
