@@ -1,0 +1,241 @@
+"""End of data: trace fields, submission fix-ups, one store transaction, one reply.
+
+* ``Received:`` (RFC 5321 §4.4) is prepended to the shared body, with the protocol
+  keyword of RFC 3848 / RFC 6531 §3.7.3 (ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTP...) and
+  the TLS version and cipher in a comment (RFC 8314 §4.3 asks that TLS use be recorded).
+  ``for <rcpt>`` only with a single recipient (RFC 5321 §7.6: no Bcc disclosure).
+* ``Return-Path: <sender>`` and ``Delivered-To: <address>`` (RFC 5321 §4.4, §4.1.1.4
+  at final delivery) are each local recipient's ``LocalDelivery.prefix``: the body is
+  stored once however many recipients there are.
+* Submissions (RFC 6409 §8.2-8.3) that lack ``Message-ID:`` or ``Date:`` get them.
+* Loop protection (RFC 5321 §6.3): more than ``[smtp] max_received_headers``
+  ``Received:`` fields → 554 5.4.6.
+* The reply is 250 only after ``Store.deliver`` returned, i.e. committed (DESIGN.md
+  "never lose mail"); a store failure answers 451 4.3.0 (452 4.3.1 when the disk is
+  full) and nothing is stored. Recipients that turned out over quota after acceptance
+  get an RFC 3464 bounce through the queue's report path
+  (``correo.queue.bounce.bounce_local_failures``: NOTIFY honoured, never to ``<>``);
+  if *every* local recipient filled up and nothing is queued, nothing was stored and
+  the reply is 452 4.2.2 instead.
+* After queuing remote recipients the queue runner is woken (``correo.queue.runner.wake``)
+  so relaying starts at once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from correo.mail.message import prepare
+from correo.smtp import replies
+from correo.smtp.commands import Mail
+from correo.smtp.policy import Recipient
+from correo.smtp.replies import Reply
+from correo.store.base import (
+    DiskFullError,
+    LocalDelivery,
+    QueueRecipient,
+    QueueRequest,
+    TemporaryStoreError,
+)
+
+if TYPE_CHECKING:
+    from correo.context import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What the Received: line says about the client (RFC 5321 §4.4)."""
+
+    helo: str
+    ip: str
+    hostname: str
+    """Ours."""
+    session_id: str
+    extended: bool
+    tls: str
+    """``TLSv1.3 TLS_AES_256_GCM_SHA384`` or "" (cleartext)."""
+    authenticated: bool
+    submission: bool
+    """Accepted on submission/submissions from an authenticated user (RFC 6409)."""
+
+
+def protocol_keyword(extended: bool, tls: bool, auth: bool, utf8: bool) -> str:
+    """RFC 3848 §1 / RFC 6531 §3.7.3 ``with`` values."""
+    if not extended:
+        return "SMTP"
+    base = "UTF8SMTP" if utf8 else "ESMTP"
+    return base + ("S" if tls else "") + ("A" if auth else "")
+
+
+def received_header(trace: Trace, mail: Mail, recipients: Sequence[Recipient]) -> bytes:
+    """``Received: from helo ([ip]) by host (correo) with ESMTPS id X for <r>; date``."""
+    # RFC 5321 §4.4 Extended-Domain: keep the claimed name, minus anything that could
+    # break the field's syntax (comments, ";", non-ASCII)
+    helo = re.sub(r"[^A-Za-z0-9.\-:\[\]_]", "_", trace.helo) or "unknown"
+    ip = f"IPv6:{trace.ip}" if ":" in trace.ip else trace.ip
+    with_ = protocol_keyword(trace.extended, bool(trace.tls), trace.authenticated, mail.smtputf8)
+    lines = [f"Received: from {helo} ([{ip}])", f"\tby {trace.hostname} (correo)"]
+    if trace.tls:
+        lines.append(f"\t(using {trace.tls})")
+    clause = f"\twith {with_} id {trace.session_id}"
+    if len(recipients) == 1 and recipients[0].address != "postmaster":
+        clause += f"\r\n\tfor <{recipients[0].address}>"
+    lines.append(clause + ";")
+    lines.append("\t" + email.utils.formatdate(time.time(), localtime=False))
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+_HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
+
+
+def header_names(data: bytes) -> list[bytes]:
+    """Lower-cased field names of the header section (RFC 5322 §2.2), in order."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[: end + 2]
+    if data.startswith(b"\r\n"):
+        return []
+    return [m.group(1).lower() for m in _HEADER_NAME.finditer(head)]
+
+
+def submission_fixups(names: Sequence[bytes], hostname: str) -> bytes:
+    """Missing ``Message-ID:`` / ``Date:`` for a submission (RFC 6409 §8.2, §8.3)."""
+    out = b""
+    if b"message-id" not in names:
+        out += f"Message-ID: <{uuid.uuid4().hex}@{hostname}>\r\n".encode()
+    if b"date" not in names:
+        out += f"Date: {email.utils.formatdate(time.time(), localtime=True)}\r\n".encode()
+    return out
+
+
+def local_prefix(sender: str, address: str) -> bytes:
+    return f"Return-Path: <{sender}>\r\nDelivered-To: {address}\r\n".encode()
+
+
+async def deliver(
+    ctx: Context,
+    trace: Trace,
+    mail: Mail,
+    recipients: Sequence[Recipient],
+    text: bytes,
+) -> Reply:
+    """Store ``text`` for every recipient in one transaction; the reply to send."""
+    store = ctx.store
+    names = header_names(text)
+    hops = names.count(b"received")
+    if hops > ctx.settings.smtp.max_received_headers:
+        log.warning("[%s] loop: %d Received: fields from %s", trace.session_id, hops, trace.ip)
+        return replies.R554_LOOP
+    head = received_header(trace, mail, recipients)
+    if trace.submission:
+        head += submission_fixups(names, trace.hostname)
+    message = prepare(head + text)
+
+    local: list[LocalDelivery] = []
+    seen_accounts: set[int] = set()
+    queued: dict[str, QueueRecipient] = {}
+    for rcpt in recipients:
+        for target in rcpt.local:
+            if target.account_id in seen_accounts:
+                continue  # one copy per mailbox, however many addresses reach it
+            seen_accounts.add(target.account_id)
+            local.append(
+                LocalDelivery(target.account_id, prefix=local_prefix(mail.sender, target.address))
+            )
+        for address in rcpt.remote:
+            if address not in queued:
+                orcpt = rcpt.orcpt if rcpt.remote == (rcpt.address,) else None
+                queued[address] = QueueRecipient(address, orcpt=orcpt, notify=rcpt.notify)
+    queue = None
+    if queued:
+        queue = QueueRequest(
+            sender=mail.sender,
+            recipients=tuple(queued.values()),
+            envid=mail.envid,
+            ret=mail.ret,
+            smtputf8=mail.smtputf8,
+            body_8bit=mail.body == "8BITMIME" or not message.data.isascii(),
+        )
+    try:
+        result = await store.deliver(message, local, queue)
+    except DiskFullError:
+        log.error("[%s] store full: message refused", trace.session_id)
+        return replies.R452_DISK_FULL
+    except TemporaryStoreError as exc:
+        log.error("[%s] store error: %s", trace.session_id, exc)
+        return replies.R451_LOCAL_ERROR
+    except Exception:
+        log.exception("[%s] delivery failed", trace.session_id)
+        return replies.R451_LOCAL_ERROR
+    if local and not result.delivered and not queued:
+        # every recipient filled up since RCPT: nothing was stored, so say "later"
+        log.info("[%s] all recipients over quota: 452", trace.session_id)
+        return replies.R452_MAILBOX_FULL
+    if result.queue_id is not None:
+        _wake_queue(ctx)
+    if result.over_quota:
+        await _bounce_late(ctx, trace, mail, recipients, result.over_quota, message.data)
+    ident = message.sha256[:12]
+    log.info(
+        "[%s] accepted %s from <%s> size=%d local=%d queued=%d%s",
+        trace.session_id, ident, mail.sender, len(message.data), len(result.delivered),
+        len(queued), f" queue_id={result.queue_id}" if result.queue_id else "",
+    )  # fmt: skip
+    return replies.r250_message(ident)
+
+
+def _wake_queue(ctx: Context) -> None:
+    """Tell the outbound queue runner (issue 4) that entries are due now."""
+    try:
+        from correo.queue.runner import wake
+    except ImportError:  # a build without the outbound queue: entries wait for it
+        log.warning("queued mail, but there is no queue runner (correo.queue.runner)")
+        return
+    wake(ctx)
+
+
+async def _bounce_late(
+    ctx: Context,
+    trace: Trace,
+    mail: Mail,
+    recipients: Sequence[Recipient],
+    over_quota: Sequence[int],
+    original: bytes,
+) -> None:
+    """RFC 3461/3464 failure reports for recipients that filled up after RCPT time.
+    The message is already accepted: a failure here is logged, never turned into a
+    different SMTP reply."""
+    failed: dict[str, tuple[Recipient, str]] = {}
+    full = set(over_quota)
+    for rcpt in recipients:
+        for target in rcpt.local:
+            if target.account_id in full and rcpt.address not in failed:
+                failed[rcpt.address] = (rcpt, target.address)
+    log.warning(
+        "[%s] over quota after acceptance: %s (from <%s>)",
+        trace.session_id, ", ".join(sorted(failed)), mail.sender,
+    )  # fmt: skip
+    try:
+        from correo.queue.bounce import LocalFailure, bounce_local_failures
+    except ImportError:
+        log.error("[%s] no bounce sent: correo.queue.bounce is missing", trace.session_id)
+        return
+    failures = [
+        LocalFailure(address, notify=rcpt.notify, orcpt=rcpt.orcpt)
+        for address, (rcpt, _account) in failed.items()
+    ]
+    try:
+        await bounce_local_failures(
+            ctx, mail.sender, failures, original,
+            envid=mail.envid, ret=mail.ret, smtputf8=mail.smtputf8,
+        )  # fmt: skip
+    except Exception:
+        log.exception("[%s] bounce for over-quota recipients failed", trace.session_id)
