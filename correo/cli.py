@@ -220,6 +220,10 @@ def init(directory: str, hostname: str, domains: tuple[str, ...], demo_user: str
             address = f"{demo_user}@{domains[0]}".lower()
             await store.add_account(address, hash_for(settings, password))
             click.echo(f"user {address} added; password: {password}")
+            for d in domains:  # RFC 5321 §4.5.1: every domain needs a postmaster
+                if address != f"postmaster@{d.lower()}":
+                    await store.add_alias(f"postmaster@{d}", [address])
+                    click.echo(f"alias postmaster@{d.lower()} -> {address} added")
 
     with_store(obj, populate)
     click.echo(f"database ready in {_settings(obj).data_dir}")
@@ -302,6 +306,10 @@ def domain_add(obj: dict[str, Any], name: str) -> None:
     async def run(store: Store, _s: Settings) -> None:
         d = await store.add_domain(name)
         click.echo(f"domain {d.name} added")
+        click.echo(
+            f"hint: give it a postmaster (RFC 5321 §4.5.1): correo alias add postmaster@{d.name}"
+            f" you@{d.name}, or set [smtp] postmaster"
+        )
 
     with_store(obj, run)
 

@@ -344,7 +344,7 @@ def _parse_simple(value: str) -> tuple[Address, ...] | None:
             name = m.group("n")
             if name is None:
                 q = m.group("q")
-                name = q.strip() or None
+                name = (q.strip() or None) if q is not None else None
             out.append(Address(name, None, local, m.group("d")))
         else:
             out.append(Address(None, None, m.group("l2"), m.group("d2")))

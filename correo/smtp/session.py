@@ -2,7 +2,8 @@
 
 Listeners (``conn.service.name``): ``smtp`` (MX, port 25: STARTTLS, no AUTH, no relay
 without ``trusted_networks``), ``submission`` (587: STARTTLS, AUTH required before MAIL,
-AUTH offered only once passwords may be sent, see ``auth.service.plaintext_allowed``)
+AUTH offered only under TLS, even on loopback: RFC 8314 §3.3 / the issue's "AUTH not
+offered before TLS"; POP3 and IMAP keep the loopback exemption)
 and ``submissions`` (465: implicit TLS, RFC 8314 §3.3).
 
 Replies to pipelined commands (RFC 2920) are collected and written when the core needs
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from correo.auth.sasl import Challenge, Credentials, SaslError, SaslErrorKind, SaslExchange
-from correo.auth.service import AuthReason, plaintext_allowed
+from correo.auth.service import AuthReason
 from correo.net.runner import IdleTimeout
 from correo.smtp import commands as c
 from correo.smtp import delivery, replies
@@ -210,11 +211,7 @@ class SmtpSession:
         raise AssertionError(f"unhandled event {event!r}")
 
     def _auth_offered(self) -> bool:
-        return (
-            self.submission
-            and self.account is None
-            and plaintext_allowed(self.conn.tls, self.conn.listener_is_loopback, self.settings)
-        )
+        return self.submission and self.account is None and self.conn.tls
 
     def _hello(self, event: c.Hello) -> Reply:
         self.helo = event.domain
@@ -290,10 +287,10 @@ class SmtpSession:
 
     # ------------------------------------------------------------------ AUTH
     async def _auth(self, event: c.Auth) -> Reply:
-        """RFC 4954 §4 on submission/submissions only, never before TLS off loopback."""
+        """RFC 4954 §4 on submission/submissions only, never before TLS."""
         if not self.submission:
             return replies.R502_AUTH_NOT_OFFERED
-        if not plaintext_allowed(self.conn.tls, self.conn.listener_is_loopback, self.settings):
+        if not self.conn.tls:
             return replies.R538_ENCRYPTION_REQUIRED
         self.sasl = SaslExchange()
         initial = event.initial.encode() if event.initial is not None else None

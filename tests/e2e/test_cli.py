@@ -59,6 +59,7 @@ def test_init_writes_config_cert_and_database(tmp_path: Path) -> None:
     assert oct((d / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
     assert (d / "data" / "correo.db").is_file()
     assert "user demo@example.test added; password: " in out.stdout
+    assert "alias postmaster@example.test -> demo@example.test added" in out.stdout
     again = correo("init", str(d), check=False)
     assert again.returncode != 0
     assert "already exists" in again.stderr

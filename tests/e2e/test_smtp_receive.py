@@ -160,7 +160,7 @@ def test_quota(mailserver: Any) -> None:
 
 
 def test_submission_requires_tls_then_auth(make_smtp_server: Any) -> None:
-    ms = make_smtp_server("[auth]\nplaintext_on_loopback = false\n")
+    ms = make_smtp_server("")  # even on loopback: no AUTH before TLS on submission
     with smtp(ms, "submission") as s:
         s.ehlo()
         assert not s.has_extn("auth")
@@ -185,6 +185,8 @@ def test_submission_requires_tls_then_auth(make_smtp_server: Any) -> None:
 def test_login_mechanism_and_sender_ownership(mailserver: Any) -> None:
     mailserver.run(mailserver.store.add_alias("sales@example.test", ["alice@example.test"]))
     with smtp(mailserver, "submission") as s:
+        s.ehlo()
+        s.starttls(context=mailserver.client_tls())
         s.ehlo()
         s.user, s.password = "alice@example.test", "secret"
         assert s.auth("LOGIN", s.auth_login, initial_response_ok=False)[0] == 235
@@ -241,6 +243,8 @@ def test_auth_rate_limit_and_no_password_in_logs(
     caplog.set_level(logging.DEBUG)
     with smtp(ms, "submission") as s:
         s.ehlo()
+        s.starttls(context=ms.client_tls())
+        s.ehlo()
         s.user = "alice@example.test"
         for _ in range(3):
             s.password = "hunter2-wrong"
@@ -252,6 +256,8 @@ def test_auth_rate_limit_and_no_password_in_logs(
             s.auth("PLAIN", s.auth_plain)
         assert info.value.smtp_code == 454  # cooling off, even with the right password
     with smtp(ms, "submission") as s:
+        s.ehlo()
+        s.starttls(context=ms.client_tls())
         s.ehlo()
         assert s.docmd("AUTH", "PLAIN")[0] == 334
         assert s.docmd("*") == (501, b"5.7.0 Authentication cancelled")
@@ -440,6 +446,8 @@ def test_unknown_user_and_wrong_password_look_alike(mailserver: Any) -> None:
 
     answers = []
     with smtp(mailserver, "submission") as s:
+        s.ehlo()
+        s.starttls(context=mailserver.client_tls())
         s.ehlo()
         for user, pw in (("alice@example.test", "wrong"), ("nobody@example.test", "wrong")):
             token = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()

@@ -818,3 +818,15 @@ def test_prepare_never_raises_and_ranges_are_inside(data: bytes) -> None:
 def test_address_list_never_raises(value: str) -> None:
     for a in parse_address_list(value):
         assert a.mailbox is not None or a.host is None
+
+
+def test_bare_angle_address_regression() -> None:
+    """``From: <a@b>`` (no display name) once crashed the fast path (smtp-source sends it)."""
+    from correo.mail.envelope import parse_address_list
+
+    (a,) = parse_address_list("<alice@example.test>")
+    assert (a.name, a.mailbox, a.host) == (None, "alice", "example.test")
+    (b, c) = parse_address_list('<x@y>, "" <z@w>')
+    assert (b.mailbox, c.mailbox, c.name) == ("x", "z", None)
+    meta = parse(b"From: <alice@example.test>\r\nSubject: s\r\n\r\nbody\r\n")
+    assert meta.envelope.from_[0].mailbox == "alice"
