@@ -8,7 +8,7 @@
 ALTER TABLE queue_recipients ADD COLUMN status TEXT;
 ALTER TABLE queue_recipients ADD COLUMN remote_mta TEXT;
 ALTER TABLE queue_recipients ADD COLUMN dsn_pending TEXT;
-CREATE INDEX queue_recipients_dsn ON queue_recipients(dsn_pending)
+CREATE INDEX queue_recipients_dsn ON queue_recipients(queue_id, id)
     WHERE dsn_pending IS NOT NULL;
 CREATE INDEX queue_recipients_lease ON queue_recipients(lease_owner)
     WHERE lease_owner IS NOT NULL;
