@@ -257,8 +257,10 @@ class Writer:
         for job, ok, value, _tx in outcomes:
             by_loop.setdefault(job.loop, []).append((job.future, ok, value))
         for loop, results in by_loop.items():
-            _call_soon(loop, _settle, results)
+            # Listeners first (same loop, FIFO): other sessions learn of the change before
+            # the writer's caller can answer OK to its client.
             self._hub.publish_threadsafe(loop, changed.items())
+            _call_soon(loop, _settle, results)
 
     def _remove_files(self, shas: set[str]) -> None:
         """Unlink files whose rows are still gone, holding the write lock meanwhile."""
