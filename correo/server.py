@@ -18,10 +18,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from correo.auth.limits import FailureLimiter
 from correo.config import HostPort, Settings
 from correo.context import Context
 from correo.net.runner import Runner, Service
 from correo.net.tls import TlsContexts
+from correo.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,9 @@ class Server:
             importlib.import_module(f"correo.store.{_BACKEND_MODULES[s.storage.backend]}")
             drop_privileges(s.server.user)
         store = await open_store(s)
-        ctx = Context(settings=s, store=store, auth=Authenticator(s), tls=tls)
+        ctx = Context(
+            settings=s, store=store, auth=Authenticator(s, limiter=_limiter(store, s)), tls=tls
+        )
         self.ctx = ctx
         for task in self._background_tasks():
             self._background.append(asyncio.create_task(task(ctx)))
@@ -182,6 +186,17 @@ class Server:
             self.ctx.tls.reload()
         except Exception as exc:  # keep serving with the old certificates
             log.error("tls reload failed, keeping the old certificates: %s", exc)
+
+
+def _limiter(store: Store, settings: Settings) -> FailureLimiter | None:
+    """Failed-login limits shared by every node on PostgreSQL; in memory on SQLite."""
+    if settings.storage.backend != "postgresql":
+        return None
+    from correo.auth.limits_pg import PostgresFailureLimiter
+    from correo.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    return PostgresFailureLimiter.from_settings(store.pool, settings)
 
 
 def install_event_loop_policy() -> str:

@@ -23,9 +23,9 @@ async def open_store(settings: Settings) -> Store:
         await store.open()
         return store
     if backend == "postgresql":
-        raise NotImplementedError(
-            'storage backend "postgresql" is not implemented yet; use backend = "sqlite"'
-        )
+        from correo.store.postgres import open_postgres_store
+
+        return await open_postgres_store(settings)
     raise ValueError(f"unknown storage backend {backend!r}")
 
 

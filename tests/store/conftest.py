@@ -1,8 +1,8 @@
 """Fixtures for the store contract suite.
 
 ``store`` yields an opened :class:`correo.store.base.Store` for each backend in
-``BACKENDS``; only this file knows how a backend is built. To add PostgreSQL, add a
-param and a branch in ``_open_backend`` — the tests stay unchanged.
+``BACKENDS`` (SQLite, and PostgreSQL on the throwaway cluster of ``tests/pgcluster.py``);
+only this file knows how a backend is built — the tests stay unchanged.
 
 Other fixtures: ``make_message(body, meta=None)`` → an ``IncomingMessage`` (a str body
 gets CRLF line ends); ``account`` → ``alice@example.org`` with its default mailboxes;
@@ -21,7 +21,7 @@ import pytest
 from correo.store.base import Account, IncomingMessage, Store
 from correo.store.sqlite import SqliteStore
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 INLINE_THRESHOLD = 8192
 
 
@@ -35,19 +35,23 @@ def message(body: bytes | str, meta: dict[str, object] | None = None) -> Incomin
     )
 
 
-async def _open_backend(kind: str, tmp_path: Path) -> Store:
+async def _open_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
     if kind == "sqlite":
         store = SqliteStore(
             tmp_path / "correo.db", tmp_path / "blobs", inline_threshold=INLINE_THRESHOLD
         )
         await store.open()
         return store
+    if kind == "postgresql":
+        from pg_backend import make_pg_store  # skips cleanly when asyncpg is absent
+
+        return await make_pg_store(request.getfixturevalue("postgres_dsn"), tmp_path)
     raise AssertionError(kind)
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = await _open_backend(request.param, tmp_path)
+    s = await _open_backend(request.param, tmp_path, request)
     try:
         yield s
     finally:

@@ -233,8 +233,11 @@ async def test_migrations_recorded_once_and_open_store(tmp_path: Path) -> None:
     finally:
         db.close()
     assert (tmp_path / "data" / "blobs").is_dir()
-    pg = Settings(path=tmp_path / "c.toml", storage=StorageSettings(backend="postgresql"))
-    with pytest.raises(NotImplementedError):
+    pg = Settings(
+        path=tmp_path / "c.toml",
+        storage=StorageSettings(backend="postgresql", url="postgresql://x@127.0.0.1:1/x"),
+    )
+    with pytest.raises(TemporaryStoreError, match=r"127\.0\.0\.1"):  # routed to PostgreSQL
         await open_store(pg)
 
 
