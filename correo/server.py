@@ -134,6 +134,10 @@ class Server:
             settings=s, store=store, auth=Authenticator(s, limiter=_limiter(store, s)), tls=tls
         )
         self.ctx = ctx
+        from correo.smtp.delivery import warn_if_unsigned
+
+        if s.listen.smtp or s.listen.submission or s.listen.submissions:
+            warn_if_unsigned(ctx)
         for task in self._background_tasks():
             self._background.append(asyncio.create_task(task(ctx)))
         await runner.start_serving(ctx)

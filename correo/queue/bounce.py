@@ -51,8 +51,16 @@ def wants_report(sender: str, notify: frozenset[str], action: DsnAction) -> bool
 class Reporter:
     """Builds and stores the reports owed by queue entries."""
 
-    def __init__(self, store: Store, queue: QueueStore, hostname: str, expire_after: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        queue: QueueStore,
+        hostname: str,
+        expire_after: float,
+        srs_secret: str = "",
+    ) -> None:
         self.store = store
+        self.srs_secret = srs_secret
         self.queue = queue
         self.hostname = hostname
         self.expire_after = expire_after
@@ -136,14 +144,26 @@ class Reporter:
         )
 
     async def dispatch(self, to: str, data: bytes, smtputf8: bool = False) -> bool:
-        return await deliver_report(self.store, to, data, smtputf8)
+        return await deliver_report(self.store, to, data, smtputf8, self.srs_secret)
 
 
-async def deliver_report(store: Store, to: str, data: bytes, smtputf8: bool = False) -> bool:
+async def deliver_report(
+    store: Store, to: str, data: bytes, smtputf8: bool = False, srs_secret: str = ""
+) -> bool:
     """Store a report for ``to`` with the null sender (RFC 5321 §4.5.5): the local
-    INBOX(es), or the queue. Returns True when it was queued for a remote address."""
-    from correo.mail.message import prepare
+    INBOX(es), or the queue. Returns True when it was queued for a remote address.
 
+    A report for one of our SRS addresses (the sender of a copy an alias forwarded) goes
+    to the original sender it encodes."""
+    from correo.mail.message import prepare
+    from correo.queue import srs
+
+    if srs_secret and srs.is_srs(to) and await store.is_local_domain(to.rpartition("@")[2]):
+        try:
+            to = srs.reverse(to, srs_secret)
+        except srs.SrsError as exc:
+            log.warning("report for <%s> dropped: %s", to, exc)
+            return False
     incoming = prepare(data)
     local, remote = await _targets(store, to)
     if not local and not remote:

@@ -90,7 +90,13 @@ class QueueRunner:
         self.relay = relay
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.reporter = Reporter(store, queue, settings.hostname, settings.queue.expire_after)
+        self.reporter = Reporter(
+            store,
+            queue,
+            settings.hostname,
+            settings.queue.expire_after,
+            settings.relay.srs_secret,
+        )
         self._wake = asyncio.Event()
         self._domains: dict[str, deque[_Job]] = {}
         self._workers: dict[str, int] = {}

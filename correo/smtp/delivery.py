@@ -19,10 +19,32 @@
   the reply is 452 4.2.2 instead.
 * After queuing remote recipients the queue runner is woken (``correo.queue.runner.wake``)
   so relaying starts at once.
+
+Alias forwarding (issue 4; Shevek's SRS as in ``correo.queue.srs``):
+
+* A target in another domain reached through an alias (``Recipient.forwards``) is
+  queued with the envelope sender rewritten by ``srs.forward(sender, <alias domain>,
+  [relay] srs_secret)`` (the null sender stays null) and ``Delivered-To: <alias>`` in the
+  queue entry's prefix; directly relayed recipients keep the original sender. Copies
+  that differ in sender or prefix are separate queue requests of the ONE
+  ``Store.deliver`` call: local copies and every queue entry commit together. An address
+  that is both relayed directly and forwarded is sent once, directly. A forwarded copy
+  carries ``ORCPT=rfc822;<the RCPT address>`` unless the client gave one (RFC 3461 §4.2).
+* Without ``[relay] srs_secret`` forwarding still works but keeps the original sender
+  (SPF may then fail at the destination): :func:`warn_if_unsigned` logs that once per
+  server, when the first message is forwarded (or at start-up if the server calls it).
+* Forwarding loops (``Delivered-To:`` already naming an alias in a recipient's
+  ``loop_guard``, read from the parse-once header index): when every recipient loops,
+  the message is refused with 554 5.4.6 and nothing is stored; otherwise it is accepted
+  for the others (one reply per message, RFC 5321 §4.2.5) and the looping recipients
+  get an RFC 3464 failure report with status 5.4.6 (``bounce_local_failures``: NOTIFY
+  honoured, never to ``<>``). A looping recipient is dropped whole (its local copies
+  too: the message already went through it once), as Postfix's local(8) does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import re
@@ -32,13 +54,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from correo.mail.message import prepare
+from correo.mail.message import MessageMeta, prepare
+from correo.queue import srs
+from correo.queue.bounce import LocalFailure, bounce_local_failures
 from correo.smtp import replies
 from correo.smtp.commands import Mail
 from correo.smtp.policy import Recipient
 from correo.smtp.replies import Reply
 from correo.store.base import (
     DiskFullError,
+    IncomingMessage,
     LocalDelivery,
     QueueRecipient,
     QueueRequest,
@@ -120,6 +145,105 @@ def local_prefix(sender: str, address: str) -> bytes:
     return f"Return-Path: <{sender}>\r\nDelivered-To: {address}\r\n".encode()
 
 
+def r554_forwarding_loop(alias: str) -> Reply:
+    """RFC 3463 5.4.6 routing loop: the message came back through ``alias``."""
+    return replies.reply(554, "5.4.6", f"Mail forwarding loop for {alias}")
+
+
+_WARNED = "correo.smtp.delivery:srs-warned"
+
+
+def warn_if_unsigned(ctx: Context) -> None:
+    """Log once per server that forwarded mail keeps its sender (no SRS secret)."""
+    if ctx.settings.relay.srs_secret or ctx.extras.get(_WARNED):
+        return
+    ctx.extras[_WARNED] = True
+    log.warning(
+        "[relay] srs_secret is not set: mail forwarded by aliases keeps its original "
+        "envelope sender (no SRS), so SPF may fail at the destination"
+    )
+
+
+def forward_sender(sender: str, alias: str, secret: str) -> str:
+    """The envelope sender of a copy forwarded by ``alias`` (SRS; see module doc)."""
+    if not sender or not secret:
+        return sender
+    try:
+        return srs.forward(sender, alias.rpartition("@")[2], secret)
+    except srs.SrsError as exc:  # a malformed SRS1 sender: forward it as it is
+        log.warning("sender %r not rewritten with SRS: %s", sender, exc)
+        return sender
+
+
+def forwarding_loops(message: IncomingMessage, recipients: Sequence[Recipient]) -> list[str]:
+    """For each recipient, the alias of its ``loop_guard`` that the message's
+    ``Delivered-To:`` fields already name, or "" when it does not loop."""
+    if not any(r.loop_guard for r in recipients):
+        return [""] * len(recipients)
+    values = MessageMeta.from_json(message.meta).header_values("delivered-to")
+    seen = {v.strip().strip("<>").strip().lower() for v in values}
+    return [min(r.loop_guard & seen, default="") for r in recipients]
+
+
+def _orcpt(rcpt: Recipient) -> str | None:
+    """RFC 3461 §4.2: a relaying MTA may add ORCPT naming the RCPT it received."""
+    if rcpt.orcpt is not None or rcpt.address == "postmaster":
+        return rcpt.orcpt
+    kind = "rfc822" if rcpt.address.isascii() else "utf-8"  # RFC 6533 §3
+    return f"{kind};{rcpt.address}"
+
+
+def plan(
+    mail: Mail, recipients: Sequence[Recipient], secret: str, body_8bit: bool
+) -> tuple[list[LocalDelivery], list[QueueRequest]]:
+    """The local deliveries and queue requests for one message: direct relays under
+    the original sender first, then one request per (SRS sender, forwarding alias)."""
+    local: list[LocalDelivery] = []
+    seen_accounts: set[int] = set()
+    direct: dict[str, QueueRecipient] = {}
+    forwarded: dict[tuple[str, str], dict[str, QueueRecipient]] = {}
+    for rcpt in recipients:
+        for target in rcpt.local:
+            if target.account_id in seen_accounts:
+                continue  # one copy per mailbox, however many addresses reach it
+            seen_accounts.add(target.account_id)
+            local.append(
+                LocalDelivery(target.account_id, prefix=local_prefix(mail.sender, target.address))
+            )
+        for address in rcpt.remote:
+            if address not in direct:
+                orcpt = rcpt.orcpt if rcpt.remote == (rcpt.address,) else None
+                direct[address] = QueueRecipient(address, orcpt=orcpt, notify=rcpt.notify)
+    taken = set(direct)
+    for rcpt in recipients:
+        for fwd in rcpt.forwards:
+            if fwd.target in taken:
+                continue
+            taken.add(fwd.target)
+            key = (forward_sender(mail.sender, fwd.alias, secret), fwd.alias)
+            forwarded.setdefault(key, {})[fwd.target] = QueueRecipient(
+                fwd.target, orcpt=_orcpt(rcpt), notify=rcpt.notify
+            )
+
+    def request(sender: str, rcpts: dict[str, QueueRecipient], prefix: bytes) -> QueueRequest:
+        return QueueRequest(
+            sender=sender,
+            recipients=tuple(rcpts.values()),
+            envid=mail.envid,
+            ret=mail.ret,
+            smtputf8=mail.smtputf8,
+            body_8bit=body_8bit,
+            prefix=prefix,
+        )
+
+    queue = [request(mail.sender, direct, b"")] if direct else []
+    queue += [
+        request(sender, rcpts, srs.forward_prefix(alias))
+        for (sender, alias), rcpts in forwarded.items()
+    ]
+    return local, queue
+
+
 async def deliver(
     ctx: Context,
     trace: Trace,
@@ -139,33 +263,25 @@ async def deliver(
         head += submission_fixups(names, trace.hostname)
     message = prepare(head + text)
 
-    local: list[LocalDelivery] = []
-    seen_accounts: set[int] = set()
-    queued: dict[str, QueueRecipient] = {}
-    for rcpt in recipients:
-        for target in rcpt.local:
-            if target.account_id in seen_accounts:
-                continue  # one copy per mailbox, however many addresses reach it
-            seen_accounts.add(target.account_id)
-            local.append(
-                LocalDelivery(target.account_id, prefix=local_prefix(mail.sender, target.address))
-            )
-        for address in rcpt.remote:
-            if address not in queued:
-                orcpt = rcpt.orcpt if rcpt.remote == (rcpt.address,) else None
-                queued[address] = QueueRecipient(address, orcpt=orcpt, notify=rcpt.notify)
-    queue = None
-    if queued:
-        queue = QueueRequest(
-            sender=mail.sender,
-            recipients=tuple(queued.values()),
-            envid=mail.envid,
-            ret=mail.ret,
-            smtputf8=mail.smtputf8,
-            body_8bit=mail.body == "8BITMIME" or not message.data.isascii(),
-        )
+    loops = forwarding_loops(message, recipients)
+    looping = [(r, alias) for r, alias in zip(recipients, loops, strict=True) if alias]
+    live = [r for r, alias in zip(recipients, loops, strict=True) if not alias]
+    for rcpt, alias in looping:
+        log.warning(
+            "[%s] forwarding loop: <%s> via %s already in Delivered-To (from <%s>)",
+            trace.session_id, rcpt.address, alias, mail.sender,
+        )  # fmt: skip
+    if not live:  # nothing else to deliver: refuse it (RFC 5321 §4.2.5 one reply)
+        return r554_forwarding_loop(looping[0][1])
+    if any(r.forwards for r in live):
+        warn_if_unsigned(ctx)
+    body_8bit = mail.body == "8BITMIME" or not message.data.isascii()
+    local, queue = plan(mail, live, ctx.settings.relay.srs_secret, body_8bit)
+    queued = sum(len(q.recipients) for q in queue)
     try:
-        result = await store.deliver(message, local, queue)
+        # a lone request goes as itself: backends that take only one keep working
+        requests = queue[0] if len(queue) == 1 else (queue or None)
+        result = await store.deliver(message, local, requests)
     except DiskFullError:
         log.error("[%s] store full: message refused", trace.session_id)
         return replies.R452_DISK_FULL
@@ -182,12 +298,14 @@ async def deliver(
     if result.queue_id is not None:
         _wake_queue(ctx)
     if result.over_quota:
-        await _bounce_late(ctx, trace, mail, recipients, result.over_quota, message.data)
+        await _bounce_late(ctx, trace, mail, live, result.over_quota, message.data)
+    if looping:
+        await _bounce_loops(ctx, trace, mail, looping, message.data)
     ident = message.sha256[:12]
     log.info(
         "[%s] accepted %s from <%s> size=%d local=%d queued=%d%s",
         trace.session_id, ident, mail.sender, len(message.data), len(result.delivered),
-        len(queued), f" queue_id={result.queue_id}" if result.queue_id else "",
+        queued, f" queue_ids={','.join(map(str, result.queue_ids))}" if result.queue_ids else "",
     )  # fmt: skip
     return replies.r250_message(ident)
 
@@ -223,19 +341,50 @@ async def _bounce_late(
         "[%s] over quota after acceptance: %s (from <%s>)",
         trace.session_id, ", ".join(sorted(failed)), mail.sender,
     )  # fmt: skip
-    try:
-        from correo.queue.bounce import LocalFailure, bounce_local_failures
-    except ImportError:
-        log.error("[%s] no bounce sent: correo.queue.bounce is missing", trace.session_id)
-        return
     failures = [
         LocalFailure(address, notify=rcpt.notify, orcpt=rcpt.orcpt)
         for address, (rcpt, _account) in failed.items()
     ]
+    await _bounce(ctx, trace, mail, failures, original)
+
+
+async def _bounce_loops(
+    ctx: Context,
+    trace: Trace,
+    mail: Mail,
+    looping: Sequence[tuple[Recipient, str]],
+    original: bytes,
+) -> None:
+    """RFC 3464 failure reports (status 5.4.6) for recipients that looped, when the
+    message was accepted for others."""
+    failures = [
+        LocalFailure(
+            rcpt.address,
+            status="5.4.6",
+            diagnostic=f"smtp; 554 5.4.6 Mail forwarding loop for {alias}",
+            notify=rcpt.notify,
+            orcpt=rcpt.orcpt,
+        )
+        for rcpt, alias in looping
+    ]
+    await _bounce(ctx, trace, mail, failures, original)
+
+
+async def _bounce(
+    ctx: Context, trace: Trace, mail: Mail, failures: Sequence[LocalFailure], original: bytes
+) -> None:
+    """Send the report; the message is already accepted, so a failure is only logged.
+    A report owed to an SRS address of ours goes straight to the sender it stands for
+    (where a bounce to that address would be relayed anyway)."""
+    to = mail.sender
+    secret = ctx.settings.relay.srs_secret
     try:
+        if secret and srs.is_srs(to) and await ctx.store.is_local_domain(to.rpartition("@")[2]):
+            with contextlib.suppress(srs.SrsError):
+                to = srs.reverse(to, secret)
         await bounce_local_failures(
-            ctx, mail.sender, failures, original,
+            ctx, to, failures, original,
             envid=mail.envid, ret=mail.ret, smtputf8=mail.smtputf8,
         )  # fmt: skip
     except Exception:
-        log.exception("[%s] bounce for over-quota recipients failed", trace.session_id)
+        log.exception("[%s] failure report could not be sent", trace.session_id)

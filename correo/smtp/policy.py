@@ -17,8 +17,18 @@ Recipients (RFC 5321 §4.1.1.3, answered at RCPT time, 550 5.1.1 when nobody is 
 4. Any other domain is remote: only an authenticated client or one from
    ``[smtp] trusted_networks`` may relay (else 554 5.7.1), and only while the outbound
    queue is available (:data:`QUEUE_AVAILABLE`, else 451 4.4.0). Alias targets in other
-   domains forward through the same queue for any sender (the alias authorises them).
-5. Quota: a recipient whose account is full gets 452 4.2.2; one whose quota is smaller
+   domains forward through the same queue for any sender (the alias authorises them):
+   they are :class:`Forward` entries, queued by ``correo.smtp.delivery`` with an SRS
+   envelope sender and ``Delivered-To: <alias>`` (``correo.queue.srs``), and the aliases
+   on the way to them form the recipient's ``loop_guard`` (a message that already
+   carries ``Delivered-To:`` for one of them is a forwarding loop, refused at end of
+   data with 554 5.4.6).
+5. ``SRS0=...`` / ``SRS1=...`` in a local domain (a bounce coming back to mail we
+   forwarded) is reversed with ``[relay] srs_secret`` and relayed to the original
+   sender for any client, since we signed that address ourselves; a bad hash, an
+   expired timestamp or a malformed address is refused with 550 5.7.1 so we are no open
+   bounce relay. Without a secret, SRS addresses are ordinary local parts (SRS is off).
+6. Quota: a recipient whose account is full gets 452 4.2.2; one whose quota is smaller
    than the declared SIZE gets 552 5.2.2 (RFC 3463: 4.2.2 mailbox full, 5.2.2 message
    exceeds the per-mailbox limit).
 
@@ -38,6 +48,7 @@ from dataclasses import dataclass, field
 from correo.auth.limits import HourlyCounter
 from correo.config import Settings
 from correo.mail.address import split_subaddress
+from correo.queue import srs
 from correo.smtp import replies
 from correo.smtp.commands import Mail, Rcpt
 from correo.smtp.replies import Reply
@@ -50,6 +61,9 @@ QUEUE_AVAILABLE = True
 queue=QueueRequest(...))``. Set to False to refuse them with 451 4.4.0 instead."""
 
 SUBMISSION_SERVICES = frozenset({"submission", "submissions"})
+
+R550_BAD_SRS = replies.reply(550, "5.7.1", "Invalid or expired SRS address")
+"""RCPT to a forged, stale or malformed SRS address of a local domain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,17 @@ class LocalTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class Forward:
+    """A target in another domain reached through an alias of ours."""
+
+    target: str
+    alias: str
+    """The address (lower-case) whose alias names ``target``; for a catch-all, the
+    address it caught. The forwarded copy's ``Delivered-To:`` value, and its domain is
+    the SRS forwarder."""
+
+
+@dataclass(frozen=True, slots=True)
 class Recipient:
     """An accepted RCPT, resolved to where the message goes."""
 
@@ -78,9 +103,28 @@ class Recipient:
     """As the client gave it (normalised by the core)."""
     local: tuple[LocalTarget, ...] = ()
     remote: tuple[str, ...] = ()
-    """Addresses to queue: the recipient itself, or alias targets in other domains."""
+    """Addresses to queue under the original envelope sender: the recipient itself
+    (relay), the original sender of an SRS bounce, a remote ``[smtp] postmaster``."""
     notify: frozenset[str] = frozenset()
     orcpt: str | None = None
+    forwards: tuple[Forward, ...] = ()
+    """Alias targets in other domains: queued with an SRS sender and ``Delivered-To:``."""
+    loop_guard: frozenset[str] = frozenset()
+    """Lower-case aliases on the way to ``forwards``: a message already carrying
+    ``Delivered-To:`` for one of them went round a forwarding loop."""
+
+
+@dataclass(slots=True)
+class _Expansion:
+    """Where one RCPT delivers, while it is being resolved."""
+
+    local: dict[int, LocalTarget] = field(default_factory=dict)
+    remote: dict[str, None] = field(default_factory=dict)
+    forwards: dict[str, Forward] = field(default_factory=dict)
+    guard: set[str] = field(default_factory=set)
+
+    def empty(self) -> bool:
+        return not (self.local or self.remote or self.forwards)
 
 
 @dataclass(slots=True)
@@ -164,12 +208,14 @@ class Policy:
     ) -> Recipient | Reply:
         """Resolve RCPT TO to local accounts and/or queued addresses, or refuse it."""
         try:
-            local, remote = await self._resolve(rcpt.recipient, client)
+            found = await self._resolve(rcpt.recipient, client, 0)
         except _Unresolved as exc:
             return exc.reply
-        if remote and not QUEUE_AVAILABLE:
+        local, remote = tuple(found.local.values()), tuple(found.remote)
+        forwards = tuple(found.forwards.values())
+        if (remote or forwards) and not QUEUE_AVAILABLE:
             return replies.R451_NO_QUEUE
-        if len(local) == 1 and not remote:
+        if len(local) == 1 and not remote and not forwards:
             refusal = await self._quota(local[0].account_id, declared_size)
             if refusal is not None:
                 return refusal
@@ -188,6 +234,8 @@ class Policy:
             remote=remote,
             notify=rcpt.notify,
             orcpt=rcpt.orcpt,
+            forwards=forwards,
+            loop_guard=frozenset(found.guard),
         )
 
     async def verify(self, address: str) -> bool:
@@ -197,7 +245,7 @@ class Policy:
         if not domain or not await self.store.is_local_domain(domain):
             return False
         try:
-            return await self._expand(address.lower(), {}, {}, 0, set())
+            return await self._expand(address.lower(), _Expansion(), 0, set())
         except _Unresolved:
             return False
 
@@ -213,41 +261,60 @@ class Policy:
             return replies.R452_MAILBOX_FULL
         return None
 
-    async def _resolve(
-        self, address: str, client: Client
-    ) -> tuple[tuple[LocalTarget, ...], tuple[str, ...]]:
+    async def _resolve(self, address: str, client: Client, hops: int) -> _Expansion:
         if address == "postmaster":
             return await self._postmaster(None)
         local_part, _, domain = address.rpartition("@")
         if not await self.store.is_local_domain(domain):
             if not self.may_relay(client):
                 raise _Unresolved(replies.R554_RELAY_DENIED)
-            return (), (address,)
+            return _Expansion(remote={address: None})
         if "%" in local_part or "!" in local_part:
             raise _Unresolved(replies.R550_PERCENT_HACK)
-        local: dict[int, LocalTarget] = {}
-        remote: dict[str, None] = {}
-        found = await self._expand(address.lower(), local, remote, 0, set())
-        if not found:
+        secret = self.settings.relay.srs_secret
+        if secret and srs.is_srs(address):
+            return await self._srs_bounce(address, client, hops)
+        found = _Expansion()
+        if not await self._expand(address.lower(), found, 0, set()):
             if local_part.lower() == "postmaster":
                 return await self._postmaster(domain)
             raise _Unresolved(replies.R550_NO_SUCH_USER)
-        if not local and not remote:
+        if found.empty():
             # an alias whose targets lead nowhere (a loop, removed accounts): refuse
             # rather than accept and drop
             log.warning("alias %r delivers nowhere", address)
             raise _Unresolved(replies.R550_NO_SUCH_USER)
-        return tuple(local.values()), tuple(remote)
+        return found
+
+    async def _srs_bounce(self, address: str, client: Client, hops: int) -> _Expansion:
+        """An SRS address of ours (``correo.queue.srs``): where a bounce to it goes. The
+        original sender is relayed to for any client (we signed the address); one in a
+        local domain resolves as usual (an SRS1 address may unwrap to an SRS0 one of
+        ours, hence ``hops``)."""
+        try:
+            original = srs.reverse(address, self.settings.relay.srs_secret)
+        except srs.SrsError as exc:
+            log.info("SRS address %r refused: %s", address, exc)
+            raise _Unresolved(R550_BAD_SRS) from None
+        if hops > self.settings.queue.max_alias_depth:
+            log.warning("SRS address %r unwraps too deep", address)
+            raise _Unresolved(R550_BAD_SRS)
+        domain = original.rpartition("@")[2]
+        if await self.store.is_local_domain(domain):
+            return await self._resolve(original, client, hops + 1)
+        log.info("SRS bounce address %r relays to %r", address, original)
+        return _Expansion(remote={original: None})
 
     async def _expand(
         self,
         address: str,
-        local: dict[int, LocalTarget],
-        remote: dict[str, None],
+        out: _Expansion,
         depth: int,
         seen: set[str],
+        via: tuple[str, ...] = (),
     ) -> bool:
-        """Add where ``address`` (in a local domain) delivers to; False if nowhere."""
+        """Add where ``address`` (in a local domain) delivers to; False if nowhere.
+        ``via`` is the chain of aliases that led here (for ``Recipient.loop_guard``)."""
         if depth > self.settings.queue.max_alias_depth:
             log.warning("alias expansion of %r deeper than %d", address, depth - 1)
             raise _Unresolved(replies.R550_NO_SUCH_USER.with_text("Alias loop"))
@@ -259,42 +326,44 @@ class Policy:
             if candidate not in seen:
                 alias = await self.store.get_alias(candidate)
                 if alias is not None:
-                    await self._targets(alias.targets, local, remote, depth, seen | {candidate})
+                    chain = (*via, candidate)
+                    await self._targets(alias.targets, out, depth, seen | {candidate}, chain)
                     return True
             account = await self.store.get_account(candidate)
             if account is not None:
                 if account.disabled:
                     raise _Unresolved(replies.R550_DISABLED)
-                local.setdefault(account.id, LocalTarget(account.id, account.address))
+                out.local.setdefault(account.id, LocalTarget(account.id, account.address))
                 return True
         catch_all = f"@{domain}"
         if catch_all not in seen:
             alias = await self.store.get_alias(catch_all)
             if alias is not None:
-                await self._targets(alias.targets, local, remote, depth, seen | {catch_all})
+                # Delivered-To names the address caught, not "@domain"
+                chain = (*via, address)
+                await self._targets(alias.targets, out, depth, seen | {catch_all}, chain)
                 return True
         return False
 
     async def _targets(
         self,
         targets: tuple[str, ...],
-        local: dict[int, LocalTarget],
-        remote: dict[str, None],
+        out: _Expansion,
         depth: int,
         seen: set[str],
+        via: tuple[str, ...],
     ) -> None:
         for target in targets:
             target = target.lower()
             domain = target.rpartition("@")[2]
             if await self.store.is_local_domain(domain):
-                if not await self._expand(target, local, remote, depth + 1, seen):
+                if not await self._expand(target, out, depth + 1, seen, via):
                     log.warning("alias target %r does not exist", target)
             else:
-                remote.setdefault(target, None)
+                out.forwards.setdefault(target, Forward(target, via[-1]))
+                out.guard.update(via)
 
-    async def _postmaster(
-        self, domain: str | None
-    ) -> tuple[tuple[LocalTarget, ...], tuple[str, ...]]:
+    async def _postmaster(self, domain: str | None) -> _Expansion:
         """RFC 5321 §4.5.1: postmaster is always accepted."""
         candidates: list[str] = []
         if domain:
@@ -304,13 +373,12 @@ class Policy:
         if domain is None:
             candidates.extend(f"postmaster@{d.name}" for d in await self.store.list_domains())
         for candidate in candidates:
-            local: dict[int, LocalTarget] = {}
-            remote: dict[str, None] = {}
             cand_domain = candidate.rpartition("@")[2]
             if not await self.store.is_local_domain(cand_domain):
-                return (), (candidate,)
-            if await self._expand(candidate, local, remote, 0, set()):
-                return tuple(local.values()), tuple(remote)
+                return _Expansion(remote={candidate: None})
+            found = _Expansion()
+            if await self._expand(candidate, found, 0, set()):
+                return found
         log.error(
             "no postmaster for %s: add an account or alias, or set [smtp] postmaster",
             domain or "the bare <Postmaster>",

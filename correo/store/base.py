@@ -20,6 +20,7 @@ Conventions
 from __future__ import annotations
 
 import enum
+from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -141,6 +142,39 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxSnapshot:
+    """What SELECT/EXAMINE answer (RFC 3501 §6.3.1) without loading message rows:
+    from ``Store.mailbox_view``, consistent as of ``highestmodseq``."""
+
+    mailbox_id: int
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    uids: array[int]
+    """Every UID in ascending order (``array('I')``: 4 octets a message); the caller
+    may keep it (a fresh array each call)."""
+    unseen: int
+    """Messages without ``\\Seen``."""
+    first_unseen: int | None
+    """Sequence number of the first message without ``\\Seen`` (RFC 3501 §7.1 UNSEEN)."""
+    first_recent_uid: int
+    """The mailbox's \\Recent watermark (``Mailbox.first_recent_uid``)."""
+    keywords: frozenset[str]
+    """Keywords (non-system flags) set on any message, for FLAGS/PERMANENTFLAGS; may also
+    hold keywords no message carries any more (RFC 3501 §7.2.6 allows listing them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageText:
+    """A message with its metadata and, when the body is held in the database, its
+    whole bytes (prefix included): SEARCH BODY/TEXT without one read per message."""
+
+    message: StoredMessage
+    data: bytes | None
+    """``prefix + body``, or None when the body is a file (use ``Store.open_body``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A message parsed once, ready to be stored (``correo.mail.message.prepare``)."""
 
@@ -191,6 +225,9 @@ class DeliveryResult:
     over_quota: tuple[int, ...] = ()
     """account_ids that could not take the message (quota reached after acceptance)."""
     queue_id: int | None = None
+    """The first queue entry created (``queue_ids[0]``), None when nothing was queued."""
+    queue_ids: tuple[int, ...] = ()
+    """One queue entry per non-empty :class:`QueueRequest`, in the order given."""
 
 
 class ChangeKind(enum.Enum):
@@ -311,11 +348,18 @@ class Store(Protocol):
         self,
         message: IncomingMessage,
         local: Sequence[LocalDelivery],
-        queue: QueueRequest | None = None,
+        queue: QueueRequest | Sequence[QueueRequest] | None = None,
     ) -> DeliveryResult:
         """Store once, link into every local recipient's mailbox, queue remote ones, all
         in one committed transaction (group commit with concurrent deliveries).
-        Over-quota recipients are skipped and listed in the result, not raised."""
+        Over-quota recipients are skipped and listed in the result, not raised.
+
+        ``queue`` may be several requests when the copies differ in envelope sender or
+        prefix (alias forwarding rewrites the sender with SRS and adds ``Delivered-To:``
+        while directly relayed recipients keep the original sender): each non-empty
+        request becomes its own queue entry holding its own body reference, all in the
+        same transaction; ``DeliveryResult.queue_ids`` lists them in order (requests
+        without recipients are skipped and get no id)."""
 
     async def append(
         self,
@@ -374,3 +418,26 @@ class Store(Protocol):
     # ---- POP3 maildrop lock (RFC 1939 §8: exclusive access), across nodes
     async def lock_maildrop(self, account_id: int, owner: str, ttl: float) -> bool: ...
     async def unlock_maildrop(self, account_id: int, owner: str) -> None: ...
+
+
+class ImapFastPaths(Protocol):
+    """Optional store methods for IMAP SELECT, FETCH and SEARCH over large mailboxes
+    (RFC 3501 §6.3.1, §6.4.4, §6.4.5). Not part of :class:`Store` so a backend without
+    them still type-checks: the IMAP session finds them with ``getattr`` and falls back
+    to ``message_infos`` / ``get_messages`` / ``open_body``.
+    """
+
+    async def mailbox_view(self, mailbox_id: int) -> MailboxSnapshot:
+        """SELECT data from a persisted compact view kept current from the change log,
+        not by loading every message row. Raises NotFound for a missing mailbox."""
+
+    async def message_rows(self, mailbox_id: int, uids: Sequence[int]) -> list[StoredMessage]:
+        """Like ``get_messages`` but ``meta`` is left empty (b""): the per-message
+        columns only, without touching the shared bodies' rows."""
+
+    async def blob_metas(self, blob_ids: Sequence[str]) -> dict[str, bytes]:
+        """Parse-once metadata of the given bodies, by blob id (missing ones absent)."""
+
+    async def message_texts(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageText]:
+        """Like ``get_messages``, each with its bytes when the body is in the database
+        (one query for many messages instead of an ``open_body`` each)."""

@@ -36,6 +36,7 @@ from correo.store import sqlite_directory as directory
 from correo.store import sqlite_mailboxes as mailboxes
 from correo.store import sqlite_messages as messages
 from correo.store import sqlite_rows as rows
+from correo.store import sqlite_views as views
 from correo.store.base import (
     Account,
     Alias,
@@ -52,7 +53,9 @@ from correo.store.base import (
     LocalDelivery,
     Mailbox,
     MailboxListener,
+    MailboxSnapshot,
     MessageInfo,
+    MessageText,
     NotFound,
     QueueRequest,
     StoredMessage,
@@ -68,6 +71,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "correo.db"
+_BODY_SQL = "SELECT size, data FROM blobs WHERE sha = ?"
 
 
 class SqliteStore:
@@ -382,14 +386,15 @@ class SqliteStore:
         self,
         message: IncomingMessage,
         local: Sequence[LocalDelivery],
-        queue: QueueRequest | None = None,
+        queue: QueueRequest | Sequence[QueueRequest] | None = None,
     ) -> DeliveryResult:
         await self._prepare(message)
         targets = tuple(local)
+        requests = messages.queue_requests(queue)
         limit = self.inline_threshold
         try:
             return await self._write(
-                lambda tx: messages.deliver(tx, message, targets, queue, limit)
+                lambda tx: messages.deliver(tx, message, targets, requests, limit)
             )
         except Exception:
             await self._discard(message)
@@ -458,13 +463,17 @@ class SqliteStore:
         return await self._thread(read)
 
     async def open_body(self, message: StoredMessage) -> Body:
-        sql = "SELECT size, data FROM blobs WHERE sha = ?"
-        found = self._now(lambda c: c.execute(sql, (message.blob_id,)).fetchone())
+        # One statement, no BEGIN/COMMIT around it: in autocommit mode a lone SELECT is
+        # its own read transaction (this runs once per POP3 RETR / IMAP body FETCH).
+        try:
+            found = self._q().execute(_BODY_SQL, (message.blob_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise map_error(exc) from exc
         if found is None:
             raise NotFound(f"no body {message.blob_id}")
         if found[1] is not None:
             return InlineBody(message.prefix, bytes(found[1]))
-        return FileBody(message.prefix, self.blobs.path(message.blob_id), int(found[0]))
+        return FileBody(message.prefix, self.blobs.file_name(message.blob_id), int(found[0]))
 
     async def set_flags(
         self,
@@ -524,6 +533,24 @@ class SqliteStore:
 
     def watch(self, mailbox_id: int, listener: MailboxListener) -> Subscription:
         return self.events.subscribe(mailbox_id, listener)
+
+    # ------------------------------------------------------------------ IMAP fast paths
+
+    async def mailbox_view(self, mailbox_id: int) -> MailboxSnapshot:
+        """``ImapFastPaths.mailbox_view``: the persisted compact view (``sqlite_views``)."""
+        return await views.mailbox_view(self, mailbox_id)
+
+    async def message_rows(self, mailbox_id: int, uids: Sequence[int]) -> list[StoredMessage]:
+        wanted = tuple(uids)
+        return await self._thread(lambda c: views.message_rows(c, mailbox_id, wanted))
+
+    async def blob_metas(self, blob_ids: Sequence[str]) -> dict[str, bytes]:
+        wanted = tuple(blob_ids)
+        return await self._thread(lambda c: views.blob_metas(c, wanted))
+
+    async def message_texts(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageText]:
+        wanted = tuple(uids)
+        return await self._thread(lambda c: views.message_texts(c, mailbox_id, wanted))
 
     # ------------------------------------------------------------------ POP3 lock
 

@@ -112,17 +112,28 @@ def _delivery_mailbox(tx: WriteTx, account_id: int, name: str) -> int | None:
     return None
 
 
+def queue_requests(
+    queue: QueueRequest | Sequence[QueueRequest] | None,
+) -> tuple[QueueRequest, ...]:
+    """``Store.deliver``'s ``queue`` argument as the non-empty requests, in order."""
+    if queue is None:
+        return ()
+    requests = (queue,) if isinstance(queue, QueueRequest) else tuple(queue)
+    return tuple(r for r in requests if r.recipients)
+
+
 def deliver(
     tx: WriteTx,
     message: IncomingMessage,
     local: Sequence[LocalDelivery],
-    queue: QueueRequest | None,
+    queue: Sequence[QueueRequest],
     inline_threshold: int,
 ) -> DeliveryResult:
     """Store once, link into each recipient's mailbox, queue remote recipients; all in
     the caller's transaction. Over-quota accounts are skipped (RFC 5321 §4.5.3.1.10 lets
     the SMTP layer answer 452 per recipient); accounts that vanished are logged and
-    skipped."""
+    skipped. Each request of ``queue`` (see :func:`queue_requests`) with recipients
+    becomes one queue entry holding one body reference."""
     now = time.time()
     body_size = len(message.data)
     delivered: list[tuple[int, int, int]] = []
@@ -146,7 +157,8 @@ def deliver(
             continue
         used[target.account_id] = (quota, current + size)
         planned.append((target, mailbox_id, size))
-    refs = len(planned) + (1 if queue is not None and queue.recipients else 0)
+    requests = [r for r in queue if r.recipients]
+    refs = len(planned) + len(requests)
     if refs:
         add_blob_ref(tx, message.sha256, message.data, message.meta, refs, inline_threshold)
     elif body_size > inline_threshold:
@@ -155,10 +167,13 @@ def deliver(
         flags = clean_flags(target.flags)
         uid, _modseq = _insert(tx, mailbox_id, message.sha256, target.prefix, flags, now, size)
         delivered.append((target.account_id, mailbox_id, uid))
-    queue_id = None
-    if queue is not None and queue.recipients:
-        queue_id = _enqueue(tx, message, queue, now)
-    return DeliveryResult(delivered=tuple(delivered), over_quota=tuple(over), queue_id=queue_id)
+    queue_ids = tuple(_enqueue(tx, message, request, now) for request in requests)
+    return DeliveryResult(
+        delivered=tuple(delivered),
+        over_quota=tuple(over),
+        queue_id=queue_ids[0] if queue_ids else None,
+        queue_ids=queue_ids,
+    )
 
 
 def _enqueue(tx: WriteTx, message: IncomingMessage, queue: QueueRequest, now: float) -> int:

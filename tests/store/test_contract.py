@@ -605,3 +605,33 @@ async def test_remove_account_releases_mail(
     _a, mb, uid = res.delivered[1]
     (stored,) = await store.get_messages(mb, [uid])
     assert await (await store.open_body(stored)).read() == msg.data
+
+
+async def test_deliver_with_several_queue_requests_in_one_transaction(
+    store: Store, account: Account, make_message: MakeMessage
+) -> None:
+    """A forwarded copy (SRS sender) and a direct relay leave in one delivery."""
+    from correo.store.base import QueueRecipient, QueueRequest
+    from correo.store.queue import queue_store_for
+
+    first = QueueRequest("a@origin.test", (QueueRecipient("r1@remote.test"),))
+    empty = QueueRequest("b@origin.test", ())
+    second = QueueRequest(
+        "", (QueueRecipient("r2@remote.test"), QueueRecipient("r3@remote.test")), prefix=b"X: 1\r\n"
+    )
+    msg = make_message("Subject: q\n\nbody\n")
+    result = await store.deliver(msg, [LocalDelivery(account.id)], [first, empty, second])
+    assert len(result.queue_ids) == 2 and result.queue_id == result.queue_ids[0]
+    assert len(result.delivered) == 1
+    qs = queue_store_for(store)
+    one, two = [await qs.get_entry(i) for i in result.queue_ids]
+    assert one is not None and two is not None
+    assert one.message.sender == "a@origin.test"
+    assert [r.address for r in one.recipients] == ["r1@remote.test"]
+    assert two.message.sender == "" and two.message.prefix == b"X: 1\r\n"
+    assert len(two.recipients) == 2
+    nothing = await store.deliver(msg, [LocalDelivery(account.id)], [empty])
+    assert (nothing.queue_id, nothing.queue_ids) == (None, ())
+    for queue_id in result.queue_ids:
+        assert await qs.remove(queue_id)
+    assert len(await store.message_infos(await inbox_id(store, account))) == 2
