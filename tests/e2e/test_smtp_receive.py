@@ -263,7 +263,8 @@ def test_auth_rate_limit_and_no_password_in_logs(
         assert s.docmd("*") == (501, b"5.7.0 Authentication cancelled")
         assert s.docmd("AUTH", "PLAIN !!!!")[0] == 501
     text = caplog.text
-    assert "hunter2" not in text and "secret" not in text
+    # the password is "secret"; the config key [relay] srs_secret may be named in warnings
+    assert "hunter2" not in text and "secret" not in text.replace("srs_secret", "")
     import base64
 
     for pw in (b"hunter2-wrong", b"secret"):
