@@ -206,42 +206,50 @@ def _local(account_id: int, address: str) -> LocalDelivery:
 
 
 @dataclass(frozen=True, slots=True)
-class LocalFailure:
-    """A recipient that could not take a message after it was accepted."""
+class LocalOutcome:
+    """What became of one local recipient after the message was accepted: a failure
+    (over quota, a forwarding loop) or, for NOTIFY=SUCCESS, its delivery."""
 
     address: str
     status: str = "5.2.2"
-    """RFC 3463 mailbox full (over quota)."""
-    diagnostic: str = "x-local; mailbox full (over quota)"
+    """RFC 3463 code; the default is "mailbox full" (over quota)."""
+    diagnostic: str | None = "x-local; mailbox full (over quota)"
     notify: frozenset[str] = frozenset()
     orcpt: str | None = None
+    action: DsnAction = DsnAction.FAILED
 
 
-async def bounce_local_failures(
+def delivered(address: str, notify: frozenset[str], orcpt: str | None) -> LocalOutcome:
+    """RFC 3461 §5.2.3 (a): final delivery to a local mailbox, reported on SUCCESS."""
+    return LocalOutcome(address, "2.0.0", None, notify, orcpt, DsnAction.DELIVERED)
+
+
+async def report_local(
     ctx: Context,
     sender: str,
-    failures: Sequence[LocalFailure],
+    outcomes: Sequence[LocalOutcome],
     original: bytes,
     *,
     envid: str | None = None,
     ret: str | None = None,
     smtputf8: bool = False,
 ) -> bool:
-    """Bounce local delivery failures after acceptance (over quota) the way the queue
-    bounces remote ones: RFC 3464 report, NOTIFY honoured, never to ``<>``.
+    """Report local outcomes after acceptance the way the queue reports remote ones:
+    RFC 3464 report, NOTIFY honoured (RFC 3461 §4.1), never to ``<>``.
 
-    For ``correo.smtp.delivery`` when ``DeliveryResult.over_quota`` is not empty;
-    returns True when a report was sent.
+    For ``correo.smtp.delivery``: over-quota and looping recipients (failed) and
+    NOTIFY=SUCCESS local deliveries (delivered). Returns True when a report was sent.
     """
-    wanted = [f for f in failures if wants_report(sender, f.notify, DsnAction.FAILED)]
-    for f in failures:
-        log.info(
-            "local delivery to %s failed after acceptance: %s %s%s",
-            f.address,
-            f.status,
-            f.diagnostic,
-            "" if f in wanted else " (no report: null sender or NOTIFY)",
-        )
+    wanted = [o for o in outcomes if wants_report(sender, o.notify, o.action)]
+    for o in outcomes:
+        if o.action is DsnAction.FAILED:
+            log.info(
+                "local delivery to %s failed after acceptance: %s %s%s",
+                o.address,
+                o.status,
+                o.diagnostic,
+                "" if o in wanted else " (no report: null sender or NOTIFY)",
+            )
     if not wanted:
         return False
     now = time.time()
@@ -250,21 +258,23 @@ async def bounce_local_failures(
         to=sender,
         recipients=[
             dsn.RecipientReport(
-                f.address,
-                "failed",
-                f.status,
-                original_recipient=f.orcpt,
-                diagnostic=f.diagnostic,
+                o.address,
+                o.action.value,
+                o.status,
+                original_recipient=o.orcpt,
+                diagnostic=o.diagnostic,
                 last_attempt=now,
             )
-            for f in wanted
+            for o in wanted
         ],
         original=original,
         arrival=now,
         envid=envid,
         ret=ret,
     )
-    if await deliver_report(ctx.store, sender, dsn.build(report, now), smtputf8):
+    if await deliver_report(
+        ctx.store, sender, dsn.build(report, now), smtputf8, ctx.settings.relay.srs_secret
+    ):
         from correo.queue.runner import wake
 
         wake(ctx)

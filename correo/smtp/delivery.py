@@ -14,7 +14,7 @@
   "never lose mail"); a store failure answers 451 4.3.0 (452 4.3.1 when the disk is
   full) and nothing is stored. Recipients that turned out over quota after acceptance
   get an RFC 3464 bounce through the queue's report path
-  (``correo.queue.bounce.bounce_local_failures``: NOTIFY honoured, never to ``<>``);
+  (``correo.queue.bounce.report_local``: NOTIFY honoured, never to ``<>``);
   if *every* local recipient filled up and nothing is queued, nothing was stored and
   the reply is 452 4.2.2 instead.
 * After queuing remote recipients the queue runner is woken (``correo.queue.runner.wake``)
@@ -37,14 +37,13 @@ Alias forwarding (issue 4; Shevek's SRS as in ``correo.queue.srs``):
   ``loop_guard``, read from the parse-once header index): when every recipient loops,
   the message is refused with 554 5.4.6 and nothing is stored; otherwise it is accepted
   for the others (one reply per message, RFC 5321 §4.2.5) and the looping recipients
-  get an RFC 3464 failure report with status 5.4.6 (``bounce_local_failures``: NOTIFY
+  get an RFC 3464 failure report with status 5.4.6 (``report_local``: NOTIFY
   honoured, never to ``<>``). A looping recipient is dropped whole (its local copies
   too: the message already went through it once), as Postfix's local(8) does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import logging
 import re
@@ -56,7 +55,7 @@ from typing import TYPE_CHECKING
 
 from correo.mail.message import MessageMeta, prepare
 from correo.queue import srs
-from correo.queue.bounce import LocalFailure, bounce_local_failures
+from correo.queue.bounce import LocalOutcome, delivered, report_local
 from correo.smtp import replies
 from correo.smtp.commands import Mail
 from correo.smtp.policy import Recipient
@@ -301,6 +300,14 @@ async def deliver(
         await _bounce_late(ctx, trace, mail, live, result.over_quota, message.data)
     if looping:
         await _bounce_loops(ctx, trace, mail, looping, message.data)
+    stored = {account_id for account_id, _mailbox, _uid in result.delivered}
+    successes = [
+        delivered(rcpt.address, rcpt.notify, rcpt.orcpt)
+        for rcpt in live
+        if "SUCCESS" in rcpt.notify and any(t.account_id in stored for t in rcpt.local)
+    ]
+    if successes:  # RFC 3461 §5.2.3 (a): "delivered" for final local delivery
+        await _bounce(ctx, trace, mail, successes, message.data)
     ident = message.sha256[:12]
     log.info(
         "[%s] accepted %s from <%s> size=%d local=%d queued=%d%s",
@@ -342,7 +349,7 @@ async def _bounce_late(
         trace.session_id, ", ".join(sorted(failed)), mail.sender,
     )  # fmt: skip
     failures = [
-        LocalFailure(address, notify=rcpt.notify, orcpt=rcpt.orcpt)
+        LocalOutcome(address, notify=rcpt.notify, orcpt=rcpt.orcpt)
         for address, (rcpt, _account) in failed.items()
     ]
     await _bounce(ctx, trace, mail, failures, original)
@@ -358,7 +365,7 @@ async def _bounce_loops(
     """RFC 3464 failure reports (status 5.4.6) for recipients that looped, when the
     message was accepted for others."""
     failures = [
-        LocalFailure(
+        LocalOutcome(
             rcpt.address,
             status="5.4.6",
             diagnostic=f"smtp; 554 5.4.6 Mail forwarding loop for {alias}",
@@ -371,20 +378,15 @@ async def _bounce_loops(
 
 
 async def _bounce(
-    ctx: Context, trace: Trace, mail: Mail, failures: Sequence[LocalFailure], original: bytes
+    ctx: Context, trace: Trace, mail: Mail, outcomes: Sequence[LocalOutcome], original: bytes
 ) -> None:
     """Send the report; the message is already accepted, so a failure is only logged.
-    A report owed to an SRS address of ours goes straight to the sender it stands for
-    (where a bounce to that address would be relayed anyway)."""
-    to = mail.sender
-    secret = ctx.settings.relay.srs_secret
+    A report owed to an SRS address of ours goes to the sender it stands for
+    (``correo.queue.bounce.deliver_report``)."""
     try:
-        if secret and srs.is_srs(to) and await ctx.store.is_local_domain(to.rpartition("@")[2]):
-            with contextlib.suppress(srs.SrsError):
-                to = srs.reverse(to, secret)
-        await bounce_local_failures(
-            ctx, to, failures, original,
+        await report_local(
+            ctx, mail.sender, outcomes, original,
             envid=mail.envid, ret=mail.ret, smtputf8=mail.smtputf8,
         )  # fmt: skip
     except Exception:
-        log.exception("[%s] failure report could not be sent", trace.session_id)
+        log.exception("[%s] delivery report could not be sent", trace.session_id)

@@ -555,11 +555,11 @@ def test_bounce_to_a_remote_sender_goes_through_the_queue(make_mailserver: Any, 
 
 
 def test_local_failure_after_acceptance_bounces(mailserver: Any) -> None:
-    from correo.queue.bounce import LocalFailure, bounce_local_failures
+    from correo.queue.bounce import LocalOutcome, report_local
 
     sent = mailserver.run(
-        bounce_local_failures(
-            mailserver.ctx, "alice@example.test", [LocalFailure("bob@example.test")], MESSAGE
+        report_local(
+            mailserver.ctx, "alice@example.test", [LocalOutcome("bob@example.test")], MESSAGE
         )
     )
     assert sent
@@ -567,7 +567,7 @@ def test_local_failure_after_acceptance_bounces(mailserver: Any) -> None:
     _head, rcpt = status_fields(report)
     assert (rcpt["action"], rcpt["status"]) == ("failed", "5.2.2")
     assert not mailserver.run(
-        bounce_local_failures(mailserver.ctx, "", [LocalFailure("bob@example.test")], MESSAGE)
+        report_local(mailserver.ctx, "", [LocalOutcome("bob@example.test")], MESSAGE)
     )
 
 
