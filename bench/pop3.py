@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/pop3.py [--messages 1000] [--size 65536] [--rounds 3]
-        [--login-secs 5] [--concurrency 10] [--no-auth-cache]
+        [--login-secs 5] [--concurrency 10] [--no-auth-cache] [--retr plain,stls,pop3s]
         [--dovecot 127.0.0.1:10110 [--dovecot-imap 127.0.0.1:10143]
          [--dovecot-user testuser2] [--dovecot-password pass]]
 
@@ -16,15 +16,20 @@ script never installs or starts Dovecot).
 
 The loop is the same for both servers: one connection, USER/PASS, ``RETR 1`` .. ``RETR
 n`` one at a time (each reply read to its terminator before the next command), QUIT
-without DELE; one warm-up round, then the median of ``--rounds``. Logins: ``--concurrency``
-threads each repeat connect, greeting, USER/PASS, STAT, QUIT on their own account
-(``user1`` .. ``userN``, password ``pass``, as in the peers' setup) for ``--login-secs``.
+without DELE; one warm-up round, then the median of ``--rounds``. With ``--dovecot``
+the plain RETR rounds of the two servers alternate (correo, Dovecot, correo, ...), so a
+load that drifts over seconds weighs on both alike, and the median of the per-round
+ratios is printed as well. For correo the server's CPU time and page faults per RETR are
+printed too (Linux ``/proc``). Logins: ``--concurrency`` threads each repeat connect,
+greeting, USER/PASS, STAT, QUIT on their own account (``user1`` .. ``userN``, password
+``pass``, as in the peers' setup) for ``--login-secs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import imaplib
 import multiprocessing as mp
@@ -244,15 +249,65 @@ def unstuff(body: bytes) -> bytes:
     )
 
 
+def server_cpu(pid: int | None) -> float | None:
+    """CPU seconds used so far by the live threads of process ``pid`` (Linux
+    ``/proc/<pid>/task/*/schedstat``, nanoseconds; ``/proc/<pid>/stat`` counts in 10 ms
+    ticks, too coarse for one round)."""
+    if pid is None:
+        return None
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
+@dataclasses.dataclass
+class Round:
+    secs: float
+    octets: int
+    tls: str
+    client_cpu: float
+    """Fraction of one core used by this client process."""
+    server_us: float | None
+    """Server CPU microseconds per RETR (None when not measurable)."""
+    server_faults: float | None
+    """Server minor page faults per RETR (allocator churn shows here)."""
+
+
+def server_faults(pid: int | None) -> int | None:
+    """Minor page faults of process ``pid`` so far (``/proc/<pid>/stat`` minflt)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def retr_round(
-    make: Callable[[], Client], user: str, password: str, expect: set[bytes]
-) -> tuple[float, int, str]:
-    """One session retrieving every message; returns (seconds, octets, tls)."""
+    make: Callable[[], Client],
+    user: str,
+    password: str,
+    expect: set[bytes],
+    server_pid: int | None = None,
+) -> Round:
+    """One session retrieving every message."""
     c = make()
     c.login(user, password)
     count = int(c.cmd(b"STAT").split()[1])
     octets = 0
     cpu0 = time.process_time()
+    scpu0 = server_cpu(server_pid)
+    faults0 = server_faults(server_pid)
     t0 = time.perf_counter()
     for n in range(1, count + 1):
         body = c.multiline(b"RETR %d" % n)
@@ -260,32 +315,83 @@ def retr_round(
         if n == 1 and hashlib.sha256(unstuff(body)).digest() not in expect:
             print("  warning: RETR 1 is none of the messages loaded", file=sys.stderr)
     secs = time.perf_counter() - t0
-    info = f"{c.tls_info()}; client CPU {(time.process_time() - cpu0) / secs * 100:.0f}%"
+    client_cpu = (time.process_time() - cpu0) / secs
+    scpu1 = server_cpu(server_pid)
+    faults1 = server_faults(server_pid)
+    server_us = faults = None
+    if scpu0 is not None and scpu1 is not None:
+        server_us = (scpu1 - scpu0) / max(count, 1) * 1e6
+    if faults0 is not None and faults1 is not None:
+        faults = (faults1 - faults0) / max(count, 1)
+    tls = c.tls_info()
     c.close()
-    return secs, octets, info
+    return Round(secs, octets, tls, client_cpu, server_us, faults)
 
 
-def retr_throughput(
-    make: Callable[[], Client], user: str, password: str, expect: set[bytes], rounds: int
-) -> str:
-    results, errors = [], []
-    for k in range(rounds + 1):  # round 0 warms up (page cache, caches)
+@dataclasses.dataclass
+class Series:
+    """The RETR rounds of one server and mode (round 0 warms up: page cache, caches)."""
+
+    make: Callable[[], Client]
+    user: str
+    password: str
+    expect: set[bytes]
+    server_pid: int | None = None
+    results: list[Round] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def round(self, warm_up: bool = False) -> None:
         try:
-            result = retr_round(make, user, password, expect)
+            result = retr_round(self.make, self.user, self.password, self.expect, self.server_pid)
         except (OSError, Pop3Error) as exc:  # reported, never hidden
-            errors.append(f"{type(exc).__name__}: {exc}"[:80])
-            continue
-        if k:
-            results.append(result)
-    if not results:
-        return f"failed: {errors}"
-    rates = sorted(octets / secs / 1e6 for secs, octets, _ in results)
-    _, octets, info = results[0]
-    med = statistics.median(rates)
-    failed = f"; FAILED rounds: {errors}" if errors else ""
+            self.errors.append(f"{type(exc).__name__}: {exc}"[:80])
+            return
+        if not warm_up:
+            self.results.append(result)
+
+    def rates(self) -> list[float]:
+        return [r.octets / r.secs / 1e6 for r in self.results]
+
+    def summary(self) -> str:
+        results = self.results
+        if not results:
+            return f"failed: {self.errors}"
+        rates = sorted(self.rates())
+        med = statistics.median(rates)
+        cpu = f"client CPU {statistics.median(r.client_cpu for r in results) * 100:.0f}%"
+        server = [r.server_us for r in results if r.server_us is not None]
+        if server:
+            cpu += f", server CPU {statistics.median(server):.0f} µs/RETR"
+        faults = [r.server_faults for r in results if r.server_faults is not None]
+        if faults:
+            cpu += f" and {statistics.median(faults):.1f} page faults/RETR"
+        failed = f"; FAILED rounds: {self.errors}" if self.errors else ""
+        return (
+            f"{med:8.1f} MB/s (median of {len(rates)}: {', '.join(f'{r:.1f}' for r in rates)};"
+            f" {results[0].octets / 1e6:.1f} MB stuffed per round; tls: {results[0].tls}; {cpu})"
+            f"{failed}"
+        )
+
+
+def retr_throughput(series: Series, rounds: int) -> str:
+    for k in range(rounds + 1):
+        series.round(warm_up=k == 0)
+    return series.summary()
+
+
+def retr_interleaved(a: Series, b: Series, rounds: int) -> str:
+    """Rounds of ``a`` and ``b`` in turn (a, b, a, b, ...), so that the load of the
+    machine, which drifts over seconds, weighs on both alike; returns the per-round
+    ratios a/b."""
+    for k in range(rounds + 1):
+        a.round(warm_up=k == 0)
+        b.round(warm_up=k == 0)
+    if len(a.results) != len(b.results) or not a.results:
+        return "no paired rounds"
+    ratios = sorted(x / y for x, y in zip(a.rates(), b.rates(), strict=True))
     return (
-        f"{med:8.1f} MB/s (median of {len(rates)}: {', '.join(f'{r:.1f}' for r in rates)};"
-        f" {octets / 1e6:.1f} MB stuffed per round; tls: {info}){failed}"
+        f"{statistics.median(ratios):.2f}x (median of the per-round ratios:"
+        f" {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 
 
@@ -367,6 +473,12 @@ def main() -> None:
         action="store_true",
         help="correo: verify argon2 on every login ([auth] cache_ttl = 0)",
     )
+    ap.add_argument(
+        "--retr",
+        type=lambda text: {m.strip().lower() for m in text.split(",")},
+        default=None,
+        help="correo RETR modes to measure, e.g. plain,stls (default: plain,stls,pop3s)",
+    )
     ap.add_argument("--profile", metavar="FILE", help="cProfile the correo process into FILE")
     ap.add_argument("--dovecot", metavar="HOST:PORT", help="also measure this Dovecot pop3")
     ap.add_argument(
@@ -398,6 +510,16 @@ def main() -> None:
         f" {platform.release()}; clients and server on the same machine over loopback;"
         f" load average {os.getloadavg()[0]:.1f} at start"
     )
+    dovecot: Series | None = None
+    paired = ""
+    dhost, dport = hostport(a.dovecot or "127.0.0.1:0")
+    if a.dovecot:  # loaded first: its plain RETR rounds alternate with correo's
+        load_dovecot(hostport(a.dovecot_imap), a.dovecot_user, a.dovecot_password, msgs)
+
+        def dmake() -> Client:
+            return Client(dhost, dport)
+
+        dovecot = Series(dmake, a.dovecot_user, a.dovecot_password, digests)
     with tempfile.TemporaryDirectory(prefix="correo-bench-pop3-") as root:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
@@ -421,8 +543,14 @@ def main() -> None:
                 ("POP3S", lambda: Client(host, ports["pop3s"], implicit=tls)),
             ]
             for name, make in runs:
-                r = retr_throughput(make, "bench@bench.test", "pass", digests, a.rounds)
-                print(f"  RETR {name:6}: {r}")
+                if a.retr and name.lower() not in a.retr:
+                    continue
+                series = Series(make, "bench@bench.test", "pass", digests, proc.pid)
+                if name == "plain" and dovecot is not None:
+                    paired = retr_interleaved(series, dovecot, a.rounds)
+                    print(f"  RETR {name:6}: {series.summary()}")
+                    continue
+                print(f"  RETR {name:6}: {retr_throughput(series, a.rounds)}")
             scheme = f"{info['argon2']}, " + (
                 "no credential cache" if a.no_auth_cache else "credential cache 60s"
             )
@@ -434,18 +562,16 @@ def main() -> None:
             parent.send("stop")
             proc.join(60)
 
-    if a.dovecot:
-        dhost, dport = hostport(a.dovecot)
+    if a.dovecot and dovecot is not None:
         print(f"dovecot pop3 at {dhost}:{dport} (as configured by ../shared/peers: no TLS)")
-        load_dovecot(hostport(a.dovecot_imap), a.dovecot_user, a.dovecot_password, msgs)
-
-        def dmake() -> Client:
-            return Client(dhost, dport)
-
-        r = retr_throughput(dmake, a.dovecot_user, a.dovecot_password, digests, a.rounds)
-        print(f"  RETR plain : {r}")
+        if not dovecot.results and not dovecot.errors:  # correo's plain RETR was skipped
+            retr_throughput(dovecot, a.rounds)
+            paired = ""
+        print(f"  RETR plain : {dovecot.summary()}")
+        if paired:
+            print(f"  correo/dovecot RETR plain, rounds interleaved: {paired}")
         names = [a.dovecot_login_fmt.format(k) for k in range(1, users + 1)]
-        r = logins(dmake, names, a.dovecot_password, a.login_secs)
+        r = logins(dovecot.make, names, a.dovecot_password, a.login_secs)
         print(
             f"  logins plain: {r} [passwd-file {{PLAIN}} scheme: no hashing; USER/PASS, STAT, QUIT]"
         )

@@ -11,10 +11,15 @@ TRANSACTION; QUIT enters UPDATE, which expunges the marked messages durably *bef
 shutdown) removes nothing (RFC 1939 §6). The lock is released on every path.
 
 Replies are written as commands are executed and flushed when the client's input runs
-dry, so pipelined commands (RFC 2449 §6.6) share packets. RETR and TOP stream the body in
-chunks from the blob store with byte-stuffing on the fly (``stuffing.py``), waiting for
-the client whenever ``[limits] output_buffer`` bytes are queued. A store failure before
-the first octet of a reply is ``-ERR [SYS/TEMP]`` and the session goes on; once a
+dry, so pipelined commands (RFC 2449 §6.6) share packets. RETR and TOP of a message up
+to :data:`WHOLE_REPLY` octets (nearly all mail) cost one body read (no thread hop when
+cached), one byte-stuffing pass in C and one write of status line + message +
+terminator; bodies are opened :data:`PREFETCH` at a time with one store look-up while
+the client walks its maildrop. Larger messages are streamed in :data:`STREAM_CHUNK`
+pieces with byte-stuffing on the fly (``stuffing.py``), waiting for the client whenever
+``[limits] output_buffer`` bytes are queued, so memory per session stays bounded. A body
+that cannot be read is answered ``-ERR`` (removed by another session, or ``[SYS/TEMP]``)
+if that happens before the first octet of the reply, and the session goes on; once a
 multi-line reply has started, no ``-ERR`` can follow it, so the connection is closed
 (the client sees a truncated reply, never a forged end) and nothing is deleted.
 """
@@ -25,7 +30,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -36,8 +41,8 @@ from correo.net.runner import ConnectionClosed, IdleTimeout, ServerShutdown
 from correo.pop3 import protocol as p
 from correo.pop3.capa import capabilities
 from correo.pop3.maildrop import Entry, Maildrop, MaildropError
-from correo.pop3.stuffing import DotStuffer, TopFilter
-from correo.store.base import Account, NotFound, StoredMessage, StoreError
+from correo.pop3.stuffing import DotStuffer, TopFilter, stuff_reply
+from correo.store.base import Account, Body, NotFound, StoredMessage, StoreError
 
 if TYPE_CHECKING:
     from correo.context import Context
@@ -49,9 +54,14 @@ SHUTDOWN = b"-ERR [SYS/TEMP] server shutting down, nothing was deleted\r\n"
 """Sent to a session when the server stops; the maildrop is left untouched (RFC 1939 §6)."""
 
 DELETED = "\\Deleted"
-PREFETCH = 32
-"""Message records fetched per store query while a client walks through its maildrop
-(RETR 1, RETR 2, ...): one query instead of one per message."""
+PREFETCH = 16
+"""Messages opened per store look-up while a client walks through its maildrop (RETR 1,
+RETR 2, ...): one query instead of one or two per message. Inline bodies come with it, so
+this times ``[storage] inline_threshold`` octets may be held per session."""
+WHOLE_REPLY = 256 * 1024
+"""Messages up to this size are read, stuffed and written in one piece; larger ones are
+streamed in :data:`STREAM_CHUNK` pieces (memory per session stays bounded)."""
+STREAM_CHUNK = 256 * 1024
 LOCK_MARGIN = 120.0
 """Seconds the maildrop lock outlives the inactivity timeout, so that a crashed node's
 lock expires on its own while a live session keeps refreshing its own."""
@@ -72,6 +82,12 @@ class Pop3Shared:
         if len(self.last_login) > 10_000:  # bounded: forget logins older than the delay
             self.last_login = {k: t for k, t in self.last_login.items() if now - t < delay}
         self.last_login[account_id] = now
+
+
+OpenBodies = Callable[[int, Sequence[int]], Awaitable[dict[int, Body]]]
+"""An optional store method, ``open_bodies(mailbox_id, uids)`` (``SqliteStore`` has it):
+the bodies of a few messages of a mailbox in one look-up, by uid, expunged ones left
+out. A store without it is read with ``get_messages`` + ``open_body``."""
 
 
 class _Abort(Exception):
@@ -106,7 +122,11 @@ class Pop3Session:
         self.errors = 0
         self.owner = f"{conn.session_id}.{secrets.token_hex(6)}"
         self.locked_at = 0.0
-        self.prefetched: dict[int, StoredMessage] = {}
+        batches = getattr(ctx.store, "open_bodies", None)
+        self.open_bodies: OpenBodies | None = batches if callable(batches) else None
+        self.bodies: dict[int, Body] = {}
+        self.records: dict[int, StoredMessage] = {}
+        """Opened ahead (or records fetched ahead) of the client's next RETRs, by uid."""
         self.updated = False
         """QUIT reached the UPDATE state (whether or not the expunge worked)."""
         self.streaming = False
@@ -144,7 +164,8 @@ class Pop3Session:
         while proto.state is not p.State.CLOSED:
             event = proto.next_event()
             if event is p.NEED_DATA:
-                await conn.drain()
+                if conn.buffered:  # the replies so far did not all go out at once
+                    await conn.drain()
                 proto.receive_data(await conn.read())
                 continue
             if isinstance(event, p.ConnectionClosed):
@@ -411,25 +432,49 @@ class Pop3Session:
             self.reply(p.err(str(exc)))
             return False
         await self.refresh_lock()
-        stored = await self.stored(drop, entry)
-        try:
-            body = None if stored is None else await self.store.open_body(stored)
-        except NotFound:
-            body = None
+        body = await self.open_message(drop, entry)
         if body is None:  # expunged over IMAP since login
             self.reply(p.err(f"message {number} was removed by another session"))
             return False
+        head = p.ok(f"{entry.size} octets" if top_lines is None else "top of message follows")
+        if body.size <= WHOLE_REPLY:
+            return await self.send_whole(entry, body, head, top_lines)
+        return await self.send_streamed(entry, body, head, top_lines)
+
+    async def send_whole(
+        self, entry: Entry, body: Body, head: bytes, top_lines: int | None
+    ) -> bool:
+        """A message up to :data:`WHOLE_REPLY` octets: one read, one stuffing pass in C,
+        one write (status line, message and terminator in one TCP segment run / TLS
+        record run). A read failure happens before any octet of the reply is out."""
+        try:
+            data = await body.read()
+        except (StoreError, OSError) as exc:
+            await self.read_failed(entry, exc)
+            return False
+        if top_lines is not None:
+            data = TopFilter(top_lines).feed(data)
+        conn = self.conn
+        conn.write(stuff_reply(head, data))
+        if conn.buffered > self.settings.limits.output_buffer:  # pipelined RETRs
+            await conn.drain()
+        return True
+
+    async def send_streamed(
+        self, entry: Entry, body: Body, head: bytes, top_lines: int | None
+    ) -> bool:
+        """A large message in chunks (never whole in memory), stuffed on the fly, waiting
+        for the client whenever ``[limits] output_buffer`` octets are queued."""
         conn, limit = self.conn, self.settings.limits.output_buffer
         top = TopFilter(top_lines) if top_lines is not None else None
         stuffer = DotStuffer()
         # The status line goes out with the first chunk and the terminator with the last
         # one: one write (one TLS record run, one syscall) instead of three per message.
-        head = p.ok(f"{entry.size} octets" if top is None else "top of message follows")
         tail = b""
         read = 0
         self.streaming = True
         try:
-            async for chunk in body.chunks():
+            async for chunk in body.chunks(chunk=STREAM_CHUNK):
                 read += len(chunk)
                 part = stuffer.feed(chunk if top is None else top.feed(chunk))
                 done = read >= body.size or (top is not None and top.done)
@@ -446,22 +491,50 @@ class Pop3Session:
             if not head:  # part of the reply is out: only closing is honest now
                 raise _Abort(f"reading message uid {entry.uid} failed: {exc}") from exc
             self.streaming = False
-            self.conn.log.error("reading message uid %d failed: %s", entry.uid, exc)
-            self.reply(p.err("cannot read the message now, try again later", "SYS/TEMP"))
+            await self.read_failed(entry, exc)
             return False
         if not tail:  # an empty body, or a store that yielded less than body.size
             conn.write(head + stuffer.finish())
         self.streaming = False
         return True
 
-    async def stored(self, drop: Maildrop, entry: Entry) -> StoredMessage | None:
-        """The store's record of ``entry``, fetched with the next few in one query."""
-        found = self.prefetched.pop(entry.uid, None)
-        if found is not None:
-            return found
-        uids = [e.uid for e in islice(drop.live_from(entry.number), PREFETCH)]
-        self.prefetched = {m.uid: m for m in await self.store.get_messages(drop.mailbox_id, uids)}
-        return self.prefetched.pop(entry.uid, None)
+    async def open_message(self, drop: Maildrop, entry: Entry) -> Body | None:
+        """The body of ``entry``, opened together with the next few (RETR 1, RETR 2, ...
+        costs one store look-up per :data:`PREFETCH` messages); None once expunged."""
+        uid = entry.uid
+        if self.open_bodies is not None:
+            body = self.bodies.pop(uid, None)
+            if body is None:
+                uids = [e.uid for e in islice(drop.live_from(entry.number), PREFETCH)]
+                self.bodies = await self.open_bodies(drop.mailbox_id, uids)
+                body = self.bodies.pop(uid, None)
+            return body
+        stored = self.records.pop(uid, None)
+        if stored is None:
+            uids = [e.uid for e in islice(drop.live_from(entry.number), PREFETCH)]
+            found = await self.store.get_messages(drop.mailbox_id, uids)
+            self.records = {m.uid: m for m in found}
+            stored = self.records.pop(uid, None)
+        if stored is None:
+            return None
+        try:
+            return await self.store.open_body(stored)
+        except NotFound:
+            return None
+
+    async def read_failed(self, entry: Entry, exc: Exception) -> None:
+        """Answer a body that could not be read before any octet of the reply went out:
+        expunged since it was opened (its file removed with its last reference), or a
+        temporary failure."""
+        try:
+            gone = not await self.store.get_messages(self.drop().mailbox_id, [entry.uid])
+        except StoreError:
+            gone = False
+        if gone:
+            self.reply(p.err(f"message {entry.number} was removed by another session"))
+            return
+        self.conn.log.error("reading message uid %d failed: %s", entry.uid, exc)
+        self.reply(p.err("cannot read the message now, try again later", "SYS/TEMP"))
 
     async def dele(self, event: p.Dele) -> None:
         """RFC 1939 §5 DELE msg: marks only; the store changes at QUIT."""
