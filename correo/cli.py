@@ -261,8 +261,6 @@ def serve(obj: dict[str, Any]) -> None:
         for name, addrs in srv.runner.bound.items():
             for addr in addrs:
                 click.echo(f"  {name:<12} {addr!s:<22} {try_line(name, addr)}")
-        for name in srv.skipped:
-            click.echo(f"  {name:<12} (configured, not implemented yet: not started)")
         click.echo("Ctrl-C stops.", err=False)
         sys.stdout.flush()
 
@@ -344,19 +342,7 @@ def domain_remove(obj: dict[str, Any], name: str, force: bool) -> None:
     with_store(obj, run)
 
 
-def _register_subcommands() -> None:
-    """Command groups live in their own modules; a group whose module is absent (not
-    built yet) is simply not offered."""
-    import importlib
+from correo import cli_accounts, cli_queue, cli_store  # noqa: E402  (they import cli)
 
-    for name in ("cli_accounts", "cli_queue", "cli_store"):
-        try:
-            module = importlib.import_module(f"correo.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"correo.{name}":
-                raise
-            continue
-        module.register(main)
-
-
-_register_subcommands()
+for _group in (cli_accounts, cli_queue, cli_store):
+    _group.register(main)

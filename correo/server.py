@@ -46,17 +46,6 @@ SERVICES: dict[str, ServiceSpec] = {
 }
 
 
-def implemented(protocol: str) -> bool:
-    """A protocol is served only when its session module exists (nothing fake listens)."""
-    try:
-        importlib.import_module(f"correo.{protocol}.session")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"correo.{protocol}.session":
-            return False
-        raise
-    return True
-
-
 def _service(name: str, spec: ServiceSpec) -> Service:
     module = importlib.import_module(f"correo.{spec.protocol}.session")
     return Service(
@@ -98,8 +87,6 @@ class Server:
         self.ctx: Context | None = None
         self.runner: Runner | None = None
         self._background: list[asyncio.Task[None]] = []
-        self.skipped: list[str] = []
-        """Configured services that are not started because not implemented yet."""
 
     async def start(self) -> None:
         from correo.auth.service import Authenticator
@@ -112,14 +99,6 @@ class Server:
         for name, spec in SERVICES.items():
             addresses: tuple[HostPort, ...] = getattr(s.listen, name)
             if not addresses:
-                continue
-            if not implemented(spec.protocol):
-                self.skipped.append(name)
-                log.warning(
-                    "%s: not started (the %s server is not implemented yet)",
-                    name,
-                    spec.protocol.upper(),
-                )
                 continue
             if not spec.implicit_tls and tls is None:
                 log.warning("%s: no [tls] certificate, STARTTLS will not be offered", name)
@@ -143,15 +122,9 @@ class Server:
         await runner.start_serving(ctx)
 
     def _background_tasks(self) -> list[BackgroundTask]:
-        tasks: list[BackgroundTask] = []
-        try:
-            queue_runner = importlib.import_module("correo.queue.runner")
-        except ModuleNotFoundError as exc:
-            if exc.name != "correo.queue.runner":
-                raise
-        else:
-            tasks.append(queue_runner.run)
-        return tasks
+        from correo.queue import runner as queue_runner
+
+        return [queue_runner.run]
 
     async def stop(self) -> None:
         grace = self.settings.server.shutdown_grace

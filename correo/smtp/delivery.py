@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING
 from correo.mail.message import MessageMeta, prepare
 from correo.queue import srs
 from correo.queue.bounce import LocalOutcome, delivered, report_local
+from correo.queue.runner import wake
 from correo.smtp import replies
 from correo.smtp.commands import Mail
 from correo.smtp.policy import Recipient
@@ -295,7 +296,7 @@ async def deliver(
         log.info("[%s] all recipients over quota: 452", trace.session_id)
         return replies.R452_MAILBOX_FULL
     if result.queue_id is not None:
-        _wake_queue(ctx)
+        wake(ctx)
     if result.over_quota:
         await _bounce_late(ctx, trace, mail, live, result.over_quota, message.data)
     if looping:
@@ -315,16 +316,6 @@ async def deliver(
         queued, f" queue_ids={','.join(map(str, result.queue_ids))}" if result.queue_ids else "",
     )  # fmt: skip
     return replies.r250_message(ident)
-
-
-def _wake_queue(ctx: Context) -> None:
-    """Tell the outbound queue runner (issue 4) that entries are due now."""
-    try:
-        from correo.queue.runner import wake
-    except ImportError:  # a build without the outbound queue: entries wait for it
-        log.warning("queued mail, but there is no queue runner (correo.queue.runner)")
-        return
-    wake(ctx)
 
 
 async def _bounce_late(
