@@ -26,8 +26,8 @@ Choices where RFC 3501 leaves room (the ones common servers make):
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 
 from correo.imap.metadoc import MetaDoc
@@ -44,6 +44,7 @@ INLINE_LIMIT = 64 * 1024
 """Sections up to this size are read into memory; larger ones are streamed."""
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS_B = tuple(m.encode("ascii") for m in _MONTHS)
 _SYSTEM_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
@@ -54,10 +55,19 @@ class FetchError(Exception):
 def format_internaldate(timestamp: float) -> str:
     """RFC 3501 §9 ``date-time`` in UTC: ``" 7-Jul-1996 02:44:25 +0000"`` (locale-free;
     the day is space-padded as ``date-day-fixed`` requires)."""
-    d = dt.datetime.fromtimestamp(int(timestamp), dt.UTC)
-    return (
-        f"{d.day:2d}-{_MONTHS[d.month - 1]}-{d.year:04d} "
-        f"{d.hour:02d}:{d.minute:02d}:{d.second:02d} +0000"
+    return internaldate_bytes(timestamp).decode("ascii")
+
+
+def internaldate_bytes(timestamp: float) -> bytes:
+    """:func:`format_internaldate` as bytes, for responses rendered straight to bytes."""
+    t = time.gmtime(int(timestamp))
+    return b"%2d-%s-%04d %02d:%02d:%02d +0000" % (
+        t.tm_mday,
+        _MONTHS_B[t.tm_mon - 1],
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
     )
 
 
@@ -75,7 +85,16 @@ class MessageSource:
     once. FETCH reads exactly the ranges asked for (``whole_limit`` 0); SEARCH, which
     visits every part, reads a message up to ``whole_limit`` octets with one read."""
 
-    def __init__(self, store: Store, msg: StoredMessage, *, whole_limit: int = 0):
+    def __init__(
+        self,
+        store: Store,
+        msg: StoredMessage,
+        *,
+        whole_limit: int = 0,
+        whole: bytes | None = None,
+    ):
+        """``whole``: the message's bytes (prefix included) when the caller already has
+        them (``ImapFastPaths.message_texts``): no body is opened then."""
         self.store = store
         self.msg = msg
         self.whole_limit = whole_limit
@@ -83,7 +102,7 @@ class MessageSource:
         """Offsets in the metadata are relative to the blob; the prefix comes first."""
         self.doc = MetaDoc(msg.meta)
         self._body: Body | None = None
-        self._whole: bytes | None = None
+        self._whole: bytes | None = whole
 
     @property
     def meta(self) -> MessageMeta:
@@ -99,8 +118,11 @@ class MessageSource:
             self.msg.uid,
             self.msg.mailbox_id,
         )
-        body = await self.body()
-        data = await body.read(self.shift, body.size - self.shift)
+        if self._whole is not None:
+            data = self._whole[self.shift :]
+        else:
+            body = await self.body()
+            data = await body.read(self.shift, body.size - self.shift)
         self.doc = MetaDoc(parse(data).to_json())
 
     async def body(self) -> Body:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from correo.imap import commands as c
-from correo.imap import encoder
+from correo.imap import encoder, fastfetch
 from correo.imap.fetch import FetchError, fetch_items, flag_atoms
 from correo.imap.search import SearchError
 from correo.imap.search import search as run_search
@@ -142,6 +142,9 @@ async def fetch(s: Session, cmd: c.Fetch) -> None:
     atts: list[FetchAtt] = list(cmd.atts)
     if cmd.uid and not any(a.name == "UID" for a in atts):
         atts.insert(0, FetchAtt("UID"))
+    if fastfetch.handles(atts, len(pairs)):
+        await fastfetch.fetch_metadata(s, view, pairs, atts)
+        return
     sets_seen = not view.readonly and any(a.sets_seen for a in atts)
     has_flags = any(a.name == "FLAGS" for a in atts)
     rows = None

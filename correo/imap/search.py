@@ -9,7 +9,11 @@ still undecided:
    answers flag, size, date, UID and sequence-set keys for every message;
 2. metadata (``store.get_messages`` in batches) answers header keys (FROM, SUBJECT,
    HEADER, SENTON, ...) for those still undecided;
-3. message text (``store.open_body``) answers BODY and TEXT for the rest.
+3. message text answers BODY and TEXT for the rest: bodies held in the database come
+   with the metadata in one query per batch (``ImapFastPaths.message_texts``, when
+   the store has it; the next batch is read while this one is evaluated), others are
+   read with ``store.open_body``. A message whose raw octets show that decoding cannot
+   produce a needle (``textsearch.RawFilter``) is not decoded at all.
 
 So ``UNSEEN SUBJECT x`` loads metadata only for unseen messages, and ``OR TEXT a FROM b``
 reads bodies only of messages whose From does not contain ``b``.
@@ -40,11 +44,11 @@ from correo.imap.fetch import MessageSource
 from correo.imap.metadoc import MetaDoc
 from correo.imap.mimetext import decode_header_value, header_fields
 from correo.imap.spec import SearchKey, SequenceSet
-from correo.imap.textsearch import scan_message, segments
-from correo.store.base import MessageInfo, Store, StoredMessage
+from correo.imap.textsearch import RawFilter, scan_message, segments
+from correo.store.base import MessageInfo, MessageText, Store, StoredMessage
 
-BATCH = 256
-"""Messages per ``get_messages`` call."""
+BATCH = 512
+"""Messages per ``get_messages`` / ``message_texts`` call."""
 READ_CONCURRENCY = 16
 """Bodies read concurrently in stage 3 (overlaps blob I/O)."""
 WHOLE_READ_LIMIT = 1 << 20
@@ -286,18 +290,46 @@ async def search(
             matched.append(info.uid)
         elif r is None:
             pending.append(c)
-    for start in range(0, len(pending), BATCH):
-        batch = pending[start : start + BATCH]
-        matched.extend(await _evaluate_batch(store, mailbox_id, prog, batch))
+    batches = [pending[i : i + BATCH] for i in range(0, len(pending), BATCH)]
+
+    def start(n: int) -> asyncio.Future[Loaded] | None:
+        if n >= len(batches):
+            return None
+        uids = [c.info.uid for c in batches[n]]
+        return asyncio.ensure_future(_read_batch(store, mailbox_id, prog, uids))
+
+    reading = start(0)
+    try:
+        for n, batch in enumerate(batches):
+            assert reading is not None
+            loaded = await reading
+            reading = start(n + 1)  # the store reads the next batch meanwhile
+            matched.extend(await _evaluate_batch(store, prog, batch, loaded))
+    finally:
+        if reading is not None:
+            reading.cancel()
     matched.sort()
     return matched
 
 
+Loaded = tuple[dict[int, StoredMessage], dict[int, bytes]]
+
+
+async def _read_batch(store: Store, mailbox_id: int, prog: Program, uids: list[int]) -> Loaded:
+    """Rows with metadata by UID, and (for BODY/TEXT, when the store can) the bytes of
+    bodies held in the database, all in one query (``ImapFastPaths.message_texts``)."""
+    texts_fn = getattr(store, "message_texts", None)
+    if prog.needs_text and texts_fn is not None:
+        texts: list[MessageText] = await texts_fn(mailbox_id, uids)
+        whole = {t.message.uid: t.data for t in texts if t.data is not None}
+        return {t.message.uid: t.message for t in texts}, whole
+    return {m.uid: m for m in await store.get_messages(mailbox_id, uids)}, {}
+
+
 async def _evaluate_batch(
-    store: Store, mailbox_id: int, prog: Program, batch: list[Candidate]
+    store: Store, prog: Program, batch: list[Candidate], loaded: Loaded
 ) -> list[int]:
-    stored = await store.get_messages(mailbox_id, [c.info.uid for c in batch])
-    by_uid = {m.uid: m for m in stored}
+    by_uid, whole = loaded
     out: list[int] = []
     deeper: list[Candidate] = []
     for c in batch:
@@ -319,6 +351,18 @@ async def _evaluate_batch(
             out.append(c.info.uid)
         elif r is None:
             deeper.append(c)
+    in_memory = [c for c in deeper if c.info.uid in whole]
+    if in_memory:  # no I/O left: one after the other, no task per message
+        deeper = [c for c in deeper if c.info.uid not in whole]
+        raw = RawFilter(prog.body_needles | prog.text_needles)
+        for c in in_memory:
+            data = whole[c.info.uid]
+            if raw.miss(data):
+                c.body_found, c.text_found = set(), set()
+            else:
+                await _load_text(store, prog, c, data)
+            if prog.pred(c) is True:
+                out.append(c.info.uid)
     if deeper:
         sem = asyncio.Semaphore(READ_CONCURRENCY)
 
@@ -378,9 +422,9 @@ class _SourceReader:
             yield chunk
 
 
-async def _load_text(store: Store, prog: Program, c: Candidate) -> None:
+async def _load_text(store: Store, prog: Program, c: Candidate, whole: bytes | None = None) -> None:
     assert c.stored is not None
-    src = MessageSource(store, c.stored, whole_limit=WHOLE_READ_LIMIT)
+    src = MessageSource(store, c.stored, whole_limit=WHOLE_READ_LIMIT, whole=whole)
     await src.check_meta()
     c.body_found, c.text_found = await scan_message(
         _SourceReader(src),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from array import array
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from correo import __version__
 from correo.auth.service import plaintext_allowed
 from correo.imap import commands as c
-from correo.imap import encoder, login, mailboxes, messages
+from correo.imap import encoder, login, mailboxes, messages, snapshot
 from correo.imap.fetch import flag_atoms
 from correo.imap.parser import (
     NEED_DATA,
@@ -334,38 +333,29 @@ class Session:
             raise c.no(f"No such mailbox: {cmd.mailbox}", "NONEXISTENT")
         sub = self.store.watch(mbx.id, self._on_change)
         try:
-            mbx = await self.store.get_mailbox_by_id(mbx.id) or mbx
-            infos = await self.store.message_infos(mbx.id)
+            snap = await snapshot.load(self.store, mbx)
             if cmd.readonly:
-                first_recent = mbx.first_recent_uid
+                first_recent = snap.first_recent_uid
             else:
                 first_recent = await self.store.claim_recent(mbx.id)
         except BaseException:
             sub.close()
             raise
-        uids = array("I")
-        keywords: set[str] = set()
-        unseen: int | None = None
-        for n, info in enumerate(infos, 1):  # one pass: 100,000 rows in a few ms
-            uids.append(info.uid)
-            if unseen is None and "\\Seen" not in info.flags:
-                unseen = n
-            if len(info.flags) > 1 or (info.flags and "\\Seen" not in info.flags):
-                keywords.update(f for f in info.flags if f[0] != "\\")
+        uids = snap.uids
         first = bisect_left(uids, first_recent)
         view = MailboxView(
             mbx.id,
-            mbx.uidvalidity,
+            snap.uidvalidity,
             uids,
-            mbx.highestmodseq,
+            snap.highestmodseq,
             recent=uids[first:],
-            keywords=keywords,
+            keywords=snap.keywords,
             readonly=cmd.readonly,
         )
         self.view, self._sub, self._dirty = view, sub, True
         self.state = c.State.SELECTED
         flags = " ".join(view.flags)
-        uidnext = max(mbx.uidnext, infos[-1].uid + 1 if infos else 1)
+        uidnext = max(snap.uidnext, uids[-1] + 1 if uids else 1)
         permanent = "" if cmd.readonly else flags + " \\*"
         out = [
             f"* FLAGS ({flags})",
@@ -373,10 +363,10 @@ class Session:
             f"* {len(view)} EXISTS",
             f"* {len(view.recent)} RECENT",
         ]
-        if unseen is not None:
-            out.append(f"* OK [UNSEEN {unseen}] First unseen")
+        if snap.first_unseen is not None:
+            out.append(f"* OK [UNSEEN {snap.first_unseen}] First unseen")
         out += [
-            f"* OK [UIDVALIDITY {mbx.uidvalidity}] UIDs valid",
+            f"* OK [UIDVALIDITY {snap.uidvalidity}] UIDs valid",
             f"* OK [UIDNEXT {uidnext}] Predicted next UID",
         ]
         self.send(("\r\n".join(out) + "\r\n").encode("utf-8"))

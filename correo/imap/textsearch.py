@@ -19,12 +19,14 @@ messages are read with one read, large parts are decoded incrementally chunk by 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from correo.imap.mimetext import (
     TextDecoder,
+    codec_for,
     decode_charset,
     decode_header_value,
     transfer_decode,
@@ -163,3 +165,69 @@ async def _decoded_chunks(reader: Reader, seg: Segment) -> AsyncIterator[str]:
     async for chunk in reader.chunks(seg.start, seg.end):
         yield decoder.feed(chunk)
     yield decoder.feed(b"", final=True)
+
+
+# --------------------------------------------------------------------------- quick miss
+
+_CHARSET_VALUE = re.compile(rb'charset\s*=\s*"?([a-z0-9_.:+-]+)"?(?=[\s;)]|$)')
+
+
+def _ascii_identity(charset: bytes) -> bool:
+    """Whether the MIME charset decodes every ASCII octet to the same character."""
+    known = _ASCII_IDENTITY.get(charset)
+    if known is None:
+        codec = codec_for(charset.decode("ascii"))
+        known = codec in ("utf-8", "ascii", "latin-1") or codec.startswith(
+            ("iso8859-", "cp125", "koi8-")
+        )
+        if len(_ASCII_IDENTITY) < 256:
+            _ASCII_IDENTITY[charset] = known
+    return known
+
+
+_ASCII_IDENTITY: dict[bytes, bool] = {}
+
+
+class RawFilter:
+    """:func:`quick_miss` for one set of needles, prepared once per SEARCH."""
+
+    __slots__ = ("folded", "unfold", "usable")
+
+    def __init__(self, needles: Iterable[str]) -> None:
+        given = list(needles)
+        self.usable = all(n.isascii() and "\r" not in n and "\n" not in n for n in given)
+        self.folded = [n.lower().encode("ascii") for n in given] if self.usable else []
+        self.unfold = any(b" " in n or b"\t" in n for n in self.folded)
+        """A match can span a header fold only through the WSP after it."""
+
+    def miss(self, data: bytes) -> bool:
+        """See :func:`quick_miss`."""
+        if not self.usable or not data.isascii():
+            return False
+        hay = data.lower()
+        if b"=?" in hay or b"base64" in hay or b"quoted-printable" in hay:
+            return False
+        start = hay.find(b"charset")
+        while start >= 0:
+            m = _CHARSET_VALUE.match(hay, start)
+            if m is None or not _ascii_identity(m.group(1)):
+                return False
+            start = hay.find(b"charset", m.end())
+        if self.unfold:
+            hay = hay.translate(None, b"\r\n")
+        return not any(n in hay for n in self.folded)
+
+
+def quick_miss(data: bytes, needles: Iterable[str]) -> bool:
+    """True when :func:`scan_message` over ``data`` (the whole message) certainly finds
+    none of ``needles``: a case-insensitive octet search of the raw message suffices.
+
+    It holds when the message is ASCII, has no encoded-word (``=?``), no base64 or
+    quoted-printable part, every ``charset`` parameter names a charset that decodes
+    ASCII unchanged, and every needle is ASCII without CR or LF. Then each searched
+    text (header blocks unfolded, text bodies) is the raw octets with some CR/LF
+    removed; a needle found in it is found in the raw octets with every CR/LF removed
+    (ASCII case folding is ``lower``), and in the raw octets as they are when it has no
+    space or tab (unfolding removes a CRLF only before one). Otherwise False (scan
+    properly)."""
+    return RawFilter(needles).miss(data)

@@ -32,6 +32,7 @@ __all__ = [
     "META_VERSION",
     "MessageMeta",
     "bodystructure",
+    "envelope_json",
     "envelope_structure",
     "normalize_crlf",
     "parse",
@@ -48,6 +49,7 @@ HEADER_INDEX_LIMIT = 64 * 1024
 _FOLD_TEXT_RE = re.compile(r"[\r\n]")
 _SECTION_KINDS = frozenset(("", "HEADER", "TEXT", "MIME"))
 # Metadata is a tree of plain lists and dicts: no cycle check needed (saves ~25%).
+_META_HEAD = b'{"v":%d,' % META_VERSION
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, check_circular=False)
 
 
@@ -107,6 +109,27 @@ class MessageMeta:
             has_8bit_headers=obj["h8"],
             body_8bit=obj["b8"],
         )
+
+
+def envelope_json(meta: bytes) -> bytes | None:
+    """The ``env`` member of :meth:`MessageMeta.to_json` output as JSON text, found
+    without decoding the rest of the document (FETCH ENVELOPE over many messages).
+
+    None when ``meta`` is not in the layout ``to_json`` writes (another version, or
+    not metadata at all): decode it with :meth:`MessageMeta.from_json` then. The slice
+    is exact: ``,"env":`` and ``,"body":`` cannot occur inside a JSON string, where
+    every ``"`` is escaped, and the members before ``env`` are scalars.
+    """
+    if not meta.startswith(_META_HEAD):
+        return None
+    start = meta.find(b',"env":[')
+    if start < 0:
+        return None
+    start += 7
+    end = meta.find(b',"body":', start)
+    if end < 0 or meta[end - 1 : end] != b"]":
+        return None
+    return meta[start:end]
 
 
 def normalize_crlf(data: bytes) -> bytes:

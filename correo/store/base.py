@@ -23,7 +23,7 @@ import enum
 from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class StoreError(Exception):
@@ -162,6 +162,18 @@ class MailboxSnapshot:
     keywords: frozenset[str]
     """Keywords (non-system flags) set on any message, for FLAGS/PERMANENTFLAGS; may also
     hold keywords no message carries any more (RFC 3501 §7.2.6 allows listing them)."""
+
+
+class MessageRow(NamedTuple):
+    """The per-message columns FETCH of metadata needs (``ImapFastPaths.message_rows``):
+    a plain tuple, as cheap to build as a database row."""
+
+    uid: int
+    modseq: int
+    flags: frozenset[str]
+    internaldate: float
+    size: int
+    blob_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,9 +443,9 @@ class ImapFastPaths(Protocol):
         """SELECT data from a persisted compact view kept current from the change log,
         not by loading every message row. Raises NotFound for a missing mailbox."""
 
-    async def message_rows(self, mailbox_id: int, uids: Sequence[int]) -> list[StoredMessage]:
-        """Like ``get_messages`` but ``meta`` is left empty (b""): the per-message
-        columns only, without touching the shared bodies' rows."""
+    async def message_rows(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRow]:
+        """Those of ``uids`` that exist, in UID order: the per-message columns only,
+        without touching the shared bodies' rows (no metadata, no prefix)."""
 
     async def blob_metas(self, blob_ids: Sequence[str]) -> dict[str, bytes]:
         """Parse-once metadata of the given bodies, by blob id (missing ones absent)."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from correo.store import names
+from correo.store import sqlite_bodies as bodies
 from correo.store import sqlite_directory as directory
 from correo.store import sqlite_mailboxes as mailboxes
 from correo.store import sqlite_messages as messages
@@ -55,14 +56,14 @@ from correo.store.base import (
     MailboxListener,
     MailboxSnapshot,
     MessageInfo,
+    MessageRow,
     MessageText,
-    NotFound,
     QueueRequest,
     StoredMessage,
     Subscription,
     TemporaryStoreError,
 )
-from correo.store.blobs import BlobFiles, FileBody, InlineBody, os_error
+from correo.store.blobs import BlobFiles, os_error
 from correo.store.events import EventHub
 from correo.store.sqlite_schema import connect, map_error, migrate
 from correo.store.sqlite_writer import Writer, WriteTx
@@ -71,7 +72,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "correo.db"
-_BODY_SQL = "SELECT size, data FROM blobs WHERE sha = ?"
 
 
 class SqliteStore:
@@ -463,17 +463,13 @@ class SqliteStore:
         return await self._thread(read)
 
     async def open_body(self, message: StoredMessage) -> Body:
-        # One statement, no BEGIN/COMMIT around it: in autocommit mode a lone SELECT is
-        # its own read transaction (this runs once per POP3 RETR / IMAP body FETCH).
-        try:
-            found = self._q().execute(_BODY_SQL, (message.blob_id,)).fetchone()
-        except sqlite3.Error as exc:
-            raise map_error(exc) from exc
-        if found is None:
-            raise NotFound(f"no body {message.blob_id}")
-        if found[1] is not None:
-            return InlineBody(message.prefix, bytes(found[1]))
-        return FileBody(message.prefix, self.blobs.file_name(message.blob_id), int(found[0]))
+        return bodies.open_body(self._q(), self.blobs, self.inline_threshold, message)
+
+    async def open_bodies(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, Body]:
+        """Optional, beyond the ``Store`` protocol: the bodies of up to
+        ``sqlite_bodies.MAX_BATCH`` messages in one query, by uid (expunged ones left
+        out). POP3 opens the next few messages a client will RETR with it."""
+        return bodies.open_bodies(self._q(), self.blobs, mailbox_id, uids)
 
     async def set_flags(
         self,
@@ -540,7 +536,7 @@ class SqliteStore:
         """``ImapFastPaths.mailbox_view``: the persisted compact view (``sqlite_views``)."""
         return await views.mailbox_view(self, mailbox_id)
 
-    async def message_rows(self, mailbox_id: int, uids: Sequence[int]) -> list[StoredMessage]:
+    async def message_rows(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRow]:
         wanted = tuple(uids)
         return await self._thread(lambda c: views.message_rows(c, mailbox_id, wanted))
 
