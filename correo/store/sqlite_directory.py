@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from correo.store.base import Account, Alias, AlreadyExists, Domain, NotFound
 from correo.store.sqlite_mailboxes import create_defaults, remove_all
-from correo.store.sqlite_rows import ACCOUNT_COLUMNS, account
+from correo.store.sqlite_rows import ACCOUNT_COLUMNS, account, next_id
 from correo.store.sqlite_writer import WriteTx
 
 
@@ -82,9 +82,9 @@ def add_account(tx: WriteTx, address: str, password_hash: str, quota: int) -> Ac
         raise AlreadyExists(f"{address} exists")
     now = time.time()
     row = tx.conn.execute(
-        "INSERT INTO accounts (address, domain, password_hash, quota, created)"
-        f" VALUES (?, ?, ?, ?, ?) RETURNING {ACCOUNT_COLUMNS}",
-        (address, domain, password_hash, max(int(quota), 0), now),
+        "INSERT INTO accounts (id, address, domain, password_hash, quota, created)"
+        f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {ACCOUNT_COLUMNS}",
+        (next_id(tx.conn, "accounts"), address, domain, password_hash, max(int(quota), 0), now),
     ).fetchone()
     created = account(row)
     create_defaults(tx, created.id)

@@ -17,6 +17,7 @@ from correo.store.sqlite_rows import (
     bump_modseq,
     get_mailbox_by_id,
     mailbox,
+    next_id,
     next_uidvalidity,
     release_blob,
 )
@@ -58,9 +59,9 @@ def _require_account(tx: WriteTx, account_id: int) -> None:
 def _insert(tx: WriteTx, account_id: int, name: str, special_use: str | None) -> Mailbox:
     uidvalidity = next_uidvalidity(tx.conn, time.time())
     row = tx.conn.execute(
-        "INSERT INTO mailboxes (account_id, name, uidvalidity, special_use)"
-        f" VALUES (?, ?, ?, ?) RETURNING {MAILBOX_COLUMNS}",
-        (account_id, name, uidvalidity, special_use),
+        "INSERT INTO mailboxes (id, account_id, name, uidvalidity, special_use)"
+        f" VALUES (?, ?, ?, ?, ?) RETURNING {MAILBOX_COLUMNS}",
+        (next_id(tx.conn, "mailboxes"), account_id, name, uidvalidity, special_use),
     ).fetchone()
     return mailbox(row)
 

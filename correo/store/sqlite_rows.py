@@ -120,6 +120,26 @@ def bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
     return int(row[0])
 
 
+def next_id(conn: sqlite3.Connection, table: str) -> int:
+    """A row id never used before in ``table`` ("accounts" or "mailboxes").
+
+    SQLite hands out max(rowid) + 1 for an ``INTEGER PRIMARY KEY`` without AUTOINCREMENT,
+    so deleting the newest account or mailbox would let the next one take its id, and a
+    session still holding the old id would reach the new owner's mail. The last id is
+    remembered in ``counters`` instead (and never below the table's current maximum,
+    e.g. after ``correo store copy`` inserted explicit ids)."""
+    name = f"{table}.id"
+    row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    top = conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+    value = max(int(row[0]) if row else 0, int(top)) + 1
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+    return value
+
+
 def next_uidvalidity(conn: sqlite3.Connection, now: float) -> int:
     """A UIDVALIDITY never handed out before in this database (RFC 3501 §2.3.1.1): the
     later of the clock and the last value + 1, remembered in ``counters``."""

@@ -635,3 +635,19 @@ async def test_deliver_with_several_queue_requests_in_one_transaction(
     for queue_id in result.queue_ids:
         assert await qs.remove(queue_id)
     assert len(await store.message_infos(await inbox_id(store, account))) == 2
+
+
+async def test_ids_of_removed_accounts_and_mailboxes_are_never_reused(
+    store: Store, account: Account
+) -> None:
+    """A session holding an old id must never reach a newer account's mail."""
+    box = await store.create_mailbox(account.id, "Gone")
+    await store.delete_mailbox(account.id, "Gone")
+    newer = await store.create_mailbox(account.id, "Newer")
+    assert newer.id != box.id
+    temp = await store.add_account("temp@example.org", "!")
+    await store.remove_account("temp@example.org")
+    carol = await store.add_account("carol@example.org", "!")
+    assert carol.id != temp.id
+    assert all(m.id not in (box.id,) for m in await store.list_mailboxes(carol.id))
+    assert await store.get_mailbox_by_id(box.id) is None
