@@ -123,7 +123,15 @@ class Connection:
     # ---- what sessions use
     @property
     def listener_is_loopback(self) -> bool:
-        return self.listener.is_loopback
+        """True when both the listener and the (real, after PROXY) client are on
+        loopback: a balancer on this host forwarding Internet clients to a loopback
+        listener must not earn them the plaintext-password exemption."""
+        if not self.listener.is_loopback:
+            return False
+        try:
+            return ipaddress.ip_address(self.peer_ip).is_loopback
+        except ValueError:
+            return False
 
     @property
     def tls_info(self) -> str:
@@ -187,9 +195,16 @@ class Connection:
         return transport.get_write_buffer_size() if transport else 0
 
     async def drain(self) -> None:
-        """Wait until the output buffer is below the limit (slow readers stall here)."""
+        """Wait until the output buffer is below the limit (slow readers stall here).
+
+        A client that stops reading gets no more time than one that stops writing: past
+        the current inactivity timeout the session ends (IdleTimeout), so unread output
+        cannot hold a connection slot forever."""
         try:
-            await self._writer.drain()
+            async with asyncio.timeout(self.timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            raise IdleTimeout from None
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed from exc
 

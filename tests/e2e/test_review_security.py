@@ -41,12 +41,6 @@ def _wait_sessions_gone(ms: Any, limit: float) -> int:
     return int(ms.server.runner.active)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a client that never reads its replies parks the session in "
-    "conn.drain(), which has no timeout; login_timeout never fires (net/runner.py "
-    "Connection.drain, imap/session.py next_event) - unauthenticated slowloris",
-)
 def test_imap_unread_output_does_not_defeat_login_timeout(make_mailserver: Any) -> None:
     ms = make_mailserver("[limits]\nlogin_timeout = 1\n")
     sock = _pipeline_without_reading(ms.ports["imap"], b"a CAPABILITY\r\n")
@@ -57,12 +51,6 @@ def test_imap_unread_output_does_not_defeat_login_timeout(make_mailserver: Any) 
         sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: SMTP replies to a non-reading client block in conn.drain() forever; "
-    "smtp_timeout (RFC 5321 §4.5.3.2) never fires (smtp/session.py flush, "
-    "net/runner.py Connection.drain)",
-)
 def test_smtp_unread_output_does_not_defeat_timeout(make_mailserver: Any) -> None:
     ms = make_mailserver("")
     # config.load enforces the 5-minute RFC minimum; shorten it for the test only
@@ -200,13 +188,6 @@ def test_keyword_count_is_limited(mailserver: Any) -> None:
         imap.logout()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the plaintext-on-loopback exemption looks only at the listener "
-    "(auth/service.py plaintext_allowed, net/runner.py listener_is_loopback); behind "
-    "a balancer on the same host (PROXY protocol to a loopback listener) a remote "
-    "client logs in with a cleartext password (RFC 9051 §11.1, RFC 2595 §2.1)",
-)
 @pytest.mark.parametrize(
     ("service", "dialog", "refused"),
     [
