@@ -310,11 +310,14 @@ class ServerProtocol:
         verb = verb.upper()
         size = len(line.encode()) + 2
         limit = {"MAIL": MAIL_LINE, "RCPT": RCPT_LINE, "AUTH": AUTH_LINE}.get(verb, COMMAND_LINE)
-        if size > limit:
-            return self._event("UNKNOWN", commands.Invalid(replies.R500_LINE_TOO_LONG, verb))
         allowed = ALLOWED.get(verb)
+        # An unknown "verb" may be anything the client typed (a base64 credential sent
+        # after a refused AUTH): it never reaches an event, so never a log line.
+        known = verb if allowed is not None else ""
+        if size > limit:
+            return self._event("UNKNOWN", commands.Invalid(replies.R500_LINE_TOO_LONG, known))
         if allowed is None:
-            return self._event("UNKNOWN", commands.Invalid(replies.R500_UNKNOWN, verb))
+            return self._event("UNKNOWN", commands.Invalid(replies.R500_UNKNOWN))
         if verb == "BDAT":
             return self._bdat(rest)
         if self.state not in allowed:

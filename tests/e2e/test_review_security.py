@@ -78,13 +78,6 @@ def test_disabled_account_still_receives(mailserver: Any) -> None:
     assert refused == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: smtp/session.py _dispatch logs every refused line at INFO "
-    '("refused %r", verb = whole line upper-cased; _trace also at DEBUG); base64 '
-    "SASL responses sent after a refused AUTH (538/454/503/504) reach the log, "
-    "case-folded but trivially recoverable",
-)
 def test_smtp_log_never_shows_base64_credentials(
     make_mailserver: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
