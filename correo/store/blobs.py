@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -225,12 +226,20 @@ class FileBody:
         self._prefix = prefix
         self._path = os.fspath(path)
         self.size = len(prefix) + body_size
+        self._fd = -1
 
     def _open(self) -> int:
-        try:
-            return os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise os_error(exc, "reading message body") from exc
+        """The file, opened once on first read and kept until this Body is dropped: a
+        stream already under way survives another session expunging the message (the
+        open descriptor keeps the unlinked file readable), so a literal or RETR that
+        announced its size always delivers every octet."""
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise os_error(exc, "reading message body") from exc
+            weakref.finalize(self, os.close, self._fd)
+        return self._fd
 
     def _read_cached(self, offset: int, length: int) -> memoryview | None:
         """``length`` octets from file ``offset`` if all are in the page cache, in this
@@ -252,8 +261,6 @@ class FileBody:
                 _disable_nowait()  # this kernel or file system cannot: threads from now on
                 return None
             raise os_error(exc, "reading message body") from exc
-        finally:
-            os.close(fd)
 
     def _read_blocking(self, offset: int, length: int) -> bytes:
         """``length`` octets from file ``offset``, waiting for the disk (worker thread)."""
@@ -270,8 +277,6 @@ class FileBody:
             return parts[0] if len(parts) == 1 else b"".join(parts)
         except OSError as exc:
             raise os_error(exc, "reading message body") from exc
-        finally:
-            os.close(fd)
 
     async def _read_range(self, start: int, end: int) -> bytes:
         """Octets ``start:end`` (prefix included) with one file read, into one new

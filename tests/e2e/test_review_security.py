@@ -105,14 +105,6 @@ def test_smtp_log_never_shows_base64_credentials(
     assert b64_pass.upper() not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: store/blobs.py FileBody re-opens the blob file for every chunk; "
-    "when another session expunges the message (last reference, blob unlinked after "
-    "commit) a FETCH already streaming its {n} literal fails with ENOENT and the "
-    "literal is cut short: the client is desynchronised (RFC 9051 §4.3 literal "
-    "octet count)",
-)
 def test_fetch_in_flight_survives_expunge_by_other_session(mailserver: Any) -> None:
     import imaplib
 
