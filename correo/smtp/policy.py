@@ -174,9 +174,13 @@ class Policy:
         """None to accept MAIL FROM, or the refusal (RFC 5321 §4.1.1.2, RFC 6409 §4.3)."""
         if self.auth_required(client):
             return replies.R530_AUTH_REQUIRED
-        account = client.account
-        if account is None:
+        if client.account is None:
             return None
+        # Read again: an account disabled (or removed) since AUTH may no longer send.
+        account = await self.store.get_account(client.account.address)
+        if account is None or account.disabled or account.id != client.account.id:
+            log.info("sender refused: account %r disabled or removed", client.account.address)
+            return replies.R535_DISABLED
         smtp = self.settings.smtp
         if smtp.require_sender_ownership and not await self.owns(account, mail.sender):
             log.info("sender %r refused for %r: not owned", mail.sender, account.address)
@@ -330,9 +334,7 @@ class Policy:
                     await self._targets(alias.targets, out, depth, seen | {candidate}, chain)
                     return True
             account = await self.store.get_account(candidate)
-            if account is not None:
-                if account.disabled:
-                    raise _Unresolved(replies.R550_DISABLED)
+            if account is not None:  # disabled accounts still receive (issue 2)
                 out.local.setdefault(account.id, LocalTarget(account.id, account.address))
                 return True
         catch_all = f"@{domain}"

@@ -127,7 +127,8 @@ R538_ENCRYPTION_REQUIRED = reply(
     538, "5.7.11", "Encryption required for requested authentication mechanism"
 )
 R550_NO_SUCH_USER = reply(550, "5.1.1", "No such user here")
-R550_DISABLED = reply(550, "5.2.1", "Mailbox disabled")
+R535_DISABLED = reply(535, "5.7.8", "Authentication credentials no longer valid")
+"""MAIL FROM from a session whose account was disabled after AUTH (RFC 4954 §6)."""
 R550_PERCENT_HACK = reply(550, "5.7.1", "Source-routed addresses are not relayed")
 R552_MESSAGE_TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 R552_QUOTA = reply(552, "5.2.2", "Message exceeds the mailbox quota")

@@ -63,11 +63,6 @@ def test_smtp_unread_output_does_not_defeat_timeout(make_mailserver: Any) -> Non
         sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: issue 2 says a disabled account 'can neither log in nor send, and "
-    "still receives'; smtp/policy.py _expand refuses it with 550 5.2.1",
-)
 def test_disabled_account_still_receives(mailserver: Any) -> None:
     mailserver.run(mailserver.store.set_disabled("bob@example.test", True))
     with smtplib.SMTP(mailserver.host, mailserver.ports["smtp"]) as s:
@@ -275,12 +270,6 @@ def test_removed_account_session_never_becomes_new_account(mailserver: Any) -> N
     assert b"FRANK PRIVATE" not in fetched, fetched
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: issue 2 'a disabled account can neither log in nor send': an SMTP "
-    "session authenticated before 'correo user disable' keeps sending (smtp/policy.py "
-    "check_sender trusts client.account without re-reading it)",
-)
 def test_disabled_account_cannot_send_on_open_session(mailserver: Any) -> None:
     ms = mailserver
     with smtplib.SMTP(ms.host, ms.ports["submission"]) as s:

@@ -132,7 +132,12 @@ async def test_postmaster(store: SqliteStore) -> None:
 async def test_disabled_account_and_quota(store: SqliteStore) -> None:
     await store.set_disabled("alice@example.test", True)
     p = make_policy(store)
-    assert await resolve(p, "alice@example.test") == replies.R550_DISABLED
+    alice = await store.get_account("alice@example.test")
+    assert alice is not None
+    # still receives (issue 2)
+    assert local_addresses(await resolve(p, "alice@example.test")) == ["alice@example.test"]
+    me = Client("192.0.2.9", "submission", alice)  # authenticated before the disable
+    assert await p.check_sender(me, Mail("alice@example.test")) == replies.R535_DISABLED
     assert await p.check_recipient(MX, Rcpt("bob@example.test"), 2000) == replies.R552_QUOTA
     assert await p.check_recipient(MX, Rcpt("bob@example.test"), 999) != replies.R552_QUOTA
 
