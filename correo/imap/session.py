@@ -49,6 +49,7 @@ from correo.store.base import (
     OverQuota,
     Subscription,
     TemporaryStoreError,
+    TooManyFlags,
 )
 
 if TYPE_CHECKING:
@@ -258,6 +259,8 @@ class Session:
             status, code, text = "NO", "NONEXISTENT", str(exc) or "No such mailbox"
         except OverQuota:
             status, code, text = "NO", "OVERQUOTA", "Quota exceeded"
+        except TooManyFlags as exc:
+            status, code, text = "NO", "LIMIT", str(exc)
         except InvalidName as exc:
             status, code, text = "NO", "CANNOT", str(exc) or "Invalid mailbox name"
         except DiskFullError:

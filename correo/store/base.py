@@ -55,6 +55,15 @@ class OverQuota(StoreError):
         """True when the message by itself is larger than the quota (552 5.2.2)."""
 
 
+MAX_FLAGS = 128
+"""Most flags and keywords one message may carry: an explicit limit on what a client
+can make the store keep (RFC 9051 §2.3.2 lets a server refuse new keywords)."""
+
+
+class TooManyFlags(StoreError):
+    """A STORE or APPEND would give a message more than :data:`MAX_FLAGS` flags."""
+
+
 class InvalidName(StoreError):
     """A mailbox name the store refuses (empty level, ``.``/``..``, control char)."""
 

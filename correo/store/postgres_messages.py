@@ -25,6 +25,7 @@ import asyncpg
 
 from correo.store import names
 from correo.store.base import (
+    MAX_FLAGS,
     CopyResult,
     DeliveryResult,
     FlagMode,
@@ -35,6 +36,7 @@ from correo.store.base import (
     Mailbox,
     NotFound,
     QueueRequest,
+    TooManyFlags,
 )
 from correo.store.postgres_blobs import PgTx
 from correo.store.postgres_rows import (
@@ -352,6 +354,8 @@ async def set_flags(
             continue
         old = decode_flags(r["flags"])
         new = _apply(mode, old, wanted)
+        if len(new) > MAX_FLAGS:
+            raise TooManyFlags(f"a message may carry at most {MAX_FLAGS} flags and keywords")
         if new != old:
             changed.append((int(r["uid"]), new))
             unseen_delta += (SEEN in old) - (SEEN in new)

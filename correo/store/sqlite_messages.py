@@ -15,6 +15,7 @@ from typing import Any
 
 from correo.store import names
 from correo.store.base import (
+    MAX_FLAGS,
     CopyResult,
     DeliveryResult,
     FlagMode,
@@ -26,6 +27,7 @@ from correo.store.base import (
     NotFound,
     OverQuota,
     QueueRequest,
+    TooManyFlags,
 )
 from correo.store.sqlite_rows import (
     DELETED,
@@ -263,6 +265,8 @@ def set_flags(
             continue
         old = decode_flags(text)
         new = _apply(mode, old, wanted)
+        if len(new) > MAX_FLAGS:
+            raise TooManyFlags(f"a message may carry at most {MAX_FLAGS} flags and keywords")
         if new != old:
             changed.append((uid, new, (SEEN in old) - (SEEN in new)))
             unseen_delta += (SEEN in old) - (SEEN in new)

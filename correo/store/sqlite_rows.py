@@ -7,7 +7,16 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from correo.store.base import Account, Alias, Domain, Mailbox, MessageInfo, NotFound
+from correo.store.base import (
+    MAX_FLAGS,
+    Account,
+    Alias,
+    Domain,
+    Mailbox,
+    MessageInfo,
+    NotFound,
+    TooManyFlags,
+)
 from correo.store.sqlite_writer import WriteTx
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
@@ -35,6 +44,8 @@ def clean_flags(flags: Iterable[str]) -> frozenset[str]:
                 continue
             flag = SYSTEM_FLAGS.get(lower, flag)
         out.add(flag)
+    if len(out) > MAX_FLAGS:
+        raise TooManyFlags(f"a message may carry at most {MAX_FLAGS} flags and keywords")
     return frozenset(out)
 
 

@@ -137,13 +137,6 @@ def test_fetch_in_flight_survives_expunge_by_other_session(mailserver: Any) -> N
         sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: no limit on distinct keywords (imap STORE/APPEND, store flags): a "
-    "client adds any number, stored outside the quota and repeated in every SELECT's "
-    "FLAGS/PERMANENTFLAGS; 'every limit explicit' (RFC 9051 §2.3.2 lets a server "
-    "refuse new keywords: PERMANENTFLAGS without \\*)",
-)
 def test_keyword_count_is_limited(mailserver: Any) -> None:
     import imaplib
 

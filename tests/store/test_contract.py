@@ -651,3 +651,20 @@ async def test_ids_of_removed_accounts_and_mailboxes_are_never_reused(
     assert carol.id != temp.id
     assert all(m.id not in (box.id,) for m in await store.list_mailboxes(carol.id))
     assert await store.get_mailbox_by_id(box.id) is None
+
+
+async def test_flags_per_message_are_limited(
+    store: Store, account: Account, make_message: MakeMessage
+) -> None:
+    from correo.store.base import MAX_FLAGS, TooManyFlags
+
+    mid = await inbox_id(store, account)
+    await deliver_to(store, make_message("Subject: k\n\nk\n"), account)
+    many = frozenset(f"k{i}" for i in range(MAX_FLAGS))
+    assert len(await store.set_flags(mid, [1], many, FlagMode.ADD)) == 1
+    with pytest.raises(TooManyFlags):
+        await store.set_flags(mid, [1], frozenset({"one-more"}), FlagMode.ADD)
+    with pytest.raises(TooManyFlags):
+        await store.append(mid, make_message("Subject: a\n\na\n"), many | {"x"})
+    (info,) = await store.message_infos(mid)
+    assert info.flags == many  # the refused STORE changed nothing
