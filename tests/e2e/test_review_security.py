@@ -1,6 +1,6 @@
-"""Review findings (security/robustness), each a failing test marked xfail(strict=True).
+"""Security and robustness review findings, kept as regression tests.
 
-Written by the security review; the lead removes the marker when the code is fixed.
+Each test failed against the code before its fix.
 """
 
 from __future__ import annotations
