@@ -48,6 +48,7 @@ from correo.store.postgres_rows import (
     lock_mailboxes,
     selectable_mailbox,
 )
+from correo.store.sqlite_messages import apply_flags, recipient_rows
 from correo.store.sqlite_rows import (
     DELETED,
     SEEN,
@@ -283,18 +284,7 @@ async def _enqueue(tx: PgTx, message: IncomingMessage, queue: QueueRequest, now:
     await tx.conn.executemany(
         "INSERT INTO queue_recipients (queue_id, address, domain, orcpt, notify, next_attempt,"
         " updated) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        [
-            (
-                queue_id,
-                r.address,
-                r.address.rpartition("@")[2].lower(),
-                r.orcpt,
-                ",".join(sorted(r.notify)),
-                now,
-                now,
-            )
-            for r in queue.recipients
-        ],
+        recipient_rows(queue_id, queue, now),
     )
     return int(queue_id)
 
@@ -321,14 +311,6 @@ async def append(
 # --------------------------------------------------------------------------- flags
 
 
-def _apply(mode: FlagMode, current: frozenset[str], flags: frozenset[str]) -> frozenset[str]:
-    if mode is FlagMode.SET:
-        return flags
-    if mode is FlagMode.ADD:
-        return current | flags
-    return current - flags
-
-
 async def set_flags(
     tx: PgTx,
     mailbox_id: int,
@@ -353,7 +335,7 @@ async def set_flags(
         if unchanged_since is not None and r["modseq"] > unchanged_since:
             continue
         old = decode_flags(r["flags"])
-        new = _apply(mode, old, wanted)
+        new = apply_flags(mode, old, wanted)
         if len(new) > MAX_FLAGS:
             raise TooManyFlags(f"a message may carry at most {MAX_FLAGS} flags and keywords")
         if new != old:

@@ -200,18 +200,7 @@ def _enqueue(tx: WriteTx, message: IncomingMessage, queue: QueueRequest, now: fl
     tx.conn.executemany(
         "INSERT INTO queue_recipients (queue_id, address, domain, orcpt, notify, next_attempt,"
         " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                queue_id,
-                r.address,
-                r.address.rpartition("@")[2].lower(),
-                r.orcpt,
-                ",".join(sorted(r.notify)),
-                now,
-                now,
-            )
-            for r in queue.recipients
-        ],
+        recipient_rows(queue_id, queue, now),
     )
     return queue_id
 
@@ -233,12 +222,32 @@ def append(
     return mb.uidvalidity, uid
 
 
-def _apply(mode: FlagMode, current: frozenset[str], flags: frozenset[str]) -> frozenset[str]:
+def apply_flags(mode: FlagMode, current: frozenset[str], flags: frozenset[str]) -> frozenset[str]:
+    """RFC 9051 §6.4.6: FLAGS replaces, +FLAGS adds, -FLAGS removes (both backends)."""
     if mode is FlagMode.SET:
         return flags
     if mode is FlagMode.ADD:
         return current | flags
     return current - flags
+
+
+def recipient_rows(
+    queue_id: int, queue: QueueRequest, now: float
+) -> list[tuple[int, str, str, str | None, str, float, float]]:
+    """``queue_recipients`` rows of one queue request (both backends): queue id,
+    address, domain, ORCPT, NOTIFY list, next attempt (now), updated."""
+    return [
+        (
+            queue_id,
+            r.address,
+            r.address.rpartition("@")[2].lower(),
+            r.orcpt,
+            ",".join(sorted(r.notify)),
+            now,
+            now,
+        )
+        for r in queue.recipients
+    ]
 
 
 def set_flags(
@@ -264,7 +273,7 @@ def set_flags(
         if unchanged_since is not None and modseq > unchanged_since:
             continue
         old = decode_flags(text)
-        new = _apply(mode, old, wanted)
+        new = apply_flags(mode, old, wanted)
         if len(new) > MAX_FLAGS:
             raise TooManyFlags(f"a message may carry at most {MAX_FLAGS} flags and keywords")
         if new != old:
