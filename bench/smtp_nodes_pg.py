@@ -4,7 +4,7 @@ one PostgreSQL node, two PostgreSQL nodes sharing one database.
 Usage: ``.venv/bin/python bench/smtp_nodes_pg.py [--seconds 5] [--clients 16]``
 
 A throwaway PostgreSQL cluster is started (``tests/pgcluster.py``). Each run starts the
-node(s) (``tests/e2e/multinode_node.py``, i.e. ``correo serve``), creates 200 local
+node(s) (``correo serve`` processes), creates 200 local
 accounts, then ``--clients`` client threads each keep one SMTP connection (port 25
 role, no AUTH) and send 4 KB messages, each to one local recipient chosen round-robin,
 for ``--seconds``; with two nodes, clients alternate between them as a TCP load balancer
@@ -60,8 +60,7 @@ def config(root: Path, storage: str) -> Path:
 
 def serve(cfg: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "e2e" / "multinode_node.py"), "-c", str(cfg),
-         "serve"],
+        [sys.executable, "-m", "correo", "-c", str(cfg), "serve"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
