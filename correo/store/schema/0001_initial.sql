@@ -39,13 +39,15 @@ CREATE INDEX aliases_domain ON aliases(domain);
 -- One row per distinct body (SHA-256 hex). refcount counts messages rows plus
 -- queue_messages rows that point at it; the row goes (and its file after commit) at 0.
 -- data holds bodies up to the inline threshold; NULL means data_dir/blobs/ab/cd/<sha>.
+-- An ordinary rowid table (not WITHOUT ROWID): its rows are kilobytes (inline body plus
+-- metadata), which SQLite stores far better outside the primary-key B-tree.
 CREATE TABLE blobs (
     sha      TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
     refcount INTEGER NOT NULL,
     data     BLOB,
     meta     BLOB NOT NULL
-) WITHOUT ROWID;
+);
 
 -- ---------------------------------------------------------------- mailboxes
 CREATE TABLE mailboxes (
