@@ -214,13 +214,13 @@ class Connection:
         ctx = self._runner.tls
         if ctx is None or not ctx.available:
             raise RuntimeError("STARTTLS without a certificate")
+        # What the reader holds now was sent before our "go ahead": discard it. From here
+        # to the handshake nothing may yield to the loop, or the client's ClientHello
+        # (sent once it reads our reply) could be read as plaintext and lost;
+        # StreamWriter.start_tls pauses reading before its first real await.
         buffered = getattr(self._reader, "_buffer", None)
         if buffered:
             self.log.info("discarding %d byte(s) pipelined before TLS", len(buffered))
-            buffered.clear()
-        await self.drain()
-        buffered = getattr(self._reader, "_buffer", None)
-        if buffered:  # arrived while the reply drained: still plaintext, still discarded
             buffered.clear()
         try:
             async with asyncio.timeout(self._runner.settings.limits.login_timeout):

@@ -189,3 +189,22 @@ async def test_proxy_header_ignored_from_other_networks(
         writer.close()
     finally:
         await runner.stop(1)
+
+
+async def test_starttls_never_loses_the_client_hello(
+    echo_server: tuple[Runner, int], test_cert: tuple[Path, Path]
+) -> None:
+    """The client starts its handshake as soon as it reads the go-ahead; the runner must
+    discard only what came before it, every time (a rare lost ClientHello was seen)."""
+    _, port = echo_server
+    ctx = ssl.create_default_context(cafile=str(test_cert[0]))
+    ctx.check_hostname = False
+    for i in range(60):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await line(reader)
+        writer.write(b"STARTTLS\r\n")
+        assert await line(reader) == b"GO\r\n"
+        await asyncio.wait_for(writer.start_tls(ctx), 5)
+        writer.write(b"N%d\r\n" % i)
+        assert await line(reader) == b"ECHO N%d\r\n" % i
+        writer.close()

@@ -649,7 +649,6 @@ async def test_ids_of_removed_accounts_and_mailboxes_are_never_reused(
     await store.remove_account("temp@example.org")
     carol = await store.add_account("carol@example.org", "!")
     assert carol.id != temp.id
-    assert all(m.id not in (box.id,) for m in await store.list_mailboxes(carol.id))
     assert await store.get_mailbox_by_id(box.id) is None
 
 
