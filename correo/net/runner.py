@@ -119,6 +119,13 @@ class Connection:
         self.waiting = False
         """True while the session waits for input (between commands)."""
         self.shutdown_requested = False
+        # The inactivity watchdog (see _arm): one timer per connection, not one per read.
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[Any] | None = None
+        self._deadline = 0.0
+        self._blocked = False
+        self._expired = False
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # ---- what sessions use
     @property
@@ -157,31 +164,76 @@ class Connection:
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Some bytes from the client, b"" at EOF. Raises IdleTimeout, ServerShutdown.
 
-        Hot path: one timeout handle per read, no extra futures. At shutdown the runner
-        cancels the task of every session waiting here and the cancellation is turned
-        into ServerShutdown (commands already running are not interrupted)."""
+        Hot path: no timer per read (see :meth:`_arm`), no extra futures. At shutdown the
+        runner cancels the task of every session waiting here and the cancellation is
+        turned into ServerShutdown (commands already running are not interrupted)."""
         if self._eof:
             return b""
         if self._runner.stopping:
             raise ServerShutdown
         self.waiting = True
+        self._arm()
         try:
-            async with asyncio.timeout(self.timeout):
-                data = await self._reader.read(max_bytes)
-        except TimeoutError:
-            raise IdleTimeout from None
+            data = await self._reader.read(max_bytes)
         except (ConnectionError, OSError, ssl.SSLError):
             data = b""
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self.shutdown_requested and task is not None and task.uncancel() == 0:
-                raise ServerShutdown from None
+            self._interrupted()
             raise
         finally:
             self.waiting = False
+            self._blocked = False
         if not data:
             self._eof = True
         return data
+
+    # ---- the inactivity watchdog
+    def _arm(self) -> None:
+        """Start an inactivity period of ``self.timeout`` seconds.
+
+        Asyncio's per-await ``timeout()`` costs a timer, a context manager and a heap
+        entry per read; a session reads a dozen times per message. Instead one timer
+        per connection chases the deadline: when it fires early (the session read since)
+        it re-schedules itself at the current deadline; when the deadline has passed
+        while the session is still blocked, it cancels the session's task, which
+        :meth:`_interrupted` turns into IdleTimeout."""
+        deadline = self._loop.time() + self.timeout
+        self._deadline = deadline
+        self._blocked = True
+        if self._task is None:
+            self._task = asyncio.current_task()
+        dog = self._watchdog
+        if dog is None or dog.when() > deadline:  # none yet, or the timeout was shortened
+            if dog is not None:
+                dog.cancel()
+            self._watchdog = self._loop.call_at(deadline, self._bark, deadline)
+
+    def _bark(self, scheduled: float) -> None:
+        self._watchdog = None
+        if not self._blocked:
+            return  # the next read or drain arms it again
+        if self._deadline > scheduled:
+            self._watchdog = self._loop.call_at(self._deadline, self._bark, self._deadline)
+        elif self._task is not None:
+            self._expired = True
+            self._task.cancel()
+
+    def _interrupted(self) -> None:
+        """Turn the watchdog's or the shutdown's cancellation into our exceptions; any
+        other cancellation propagates (the caller re-raises)."""
+        task = self._task
+        if self._expired and task is not None and task.uncancel() == 0:
+            self._expired = False
+            raise IdleTimeout from None
+        if self.shutdown_requested and task is not None and task.uncancel() == 0:
+            raise ServerShutdown from None
+
+    def disarm(self) -> None:
+        """Drop the watchdog (the runner calls this when the session ends)."""
+        self._blocked = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def write(self, data: bytes) -> None:
         if self._writer.is_closing():
@@ -200,13 +252,19 @@ class Connection:
         A client that stops reading gets no more time than one that stops writing: past
         the current inactivity timeout the session ends (IdleTimeout), so unread output
         cannot hold a connection slot forever."""
+        transport = self._writer.transport
+        if not transport.get_write_buffer_size() and not transport.is_closing():
+            return  # all sent already (the common case): nothing to wait for
+        self._arm()
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._writer.drain()
-        except TimeoutError:
-            raise IdleTimeout from None
+            await self._writer.drain()
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed from exc
+        except asyncio.CancelledError:
+            self._interrupted()
+            raise
+        finally:
+            self._blocked = False
 
     async def start_tls(self) -> None:
         """Upgrade to TLS. Anything the client sent after the STARTTLS command and before
@@ -481,6 +539,7 @@ class Runner:
                 self._per_ip[ip] = n
             else:
                 self._per_ip.pop(ip, None)
+            conn.disarm()
             await conn.close()
             conn.log.info("disconnect")
 

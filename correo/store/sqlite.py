@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from correo.store import names
 from correo.store import sqlite_bodies as bodies
@@ -211,6 +211,15 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise map_error(exc) from exc
 
+    def _row(self, sql: str, params: tuple[object, ...]) -> Any:
+        """One row of a single-statement read on the loop thread. In autocommit mode one
+        statement is its own read transaction, so no BEGIN/COMMIT round trips: these are
+        the per-RCPT directory lookups of the SMTP hot path."""
+        try:
+            return self._q().execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise map_error(exc) from exc
+
     async def _thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read that may touch many rows, on the reader thread."""
         if self._reader_pool is None or self._reader_conn is None:
@@ -246,11 +255,7 @@ class SqliteStore:
             key = directory.normalize_domain(name)
         except ValueError:
             return False
-        return self._now(
-            lambda c: (
-                c.execute("SELECT 1 FROM domains WHERE name = ?", (key,)).fetchone() is not None
-            )
-        )
+        return self._row("SELECT 1 FROM domains WHERE name = ?", (key,)) is not None
 
     async def remove_domain(self, name: str, *, force: bool = False) -> None:
         await self._write(lambda tx: directory.remove_domain(tx, name, force))
@@ -272,7 +277,7 @@ class SqliteStore:
 
     def _account_where(self, where: str, value: object) -> Account | None:
         sql = f"SELECT {rows.ACCOUNT_COLUMNS} FROM accounts WHERE {where}"
-        found = self._now(lambda c: c.execute(sql, (value,)).fetchone())
+        found = self._row(sql, (value,))
         return rows.account(found) if found else None
 
     async def list_accounts(self, domain: str | None = None) -> list[Account]:
@@ -309,11 +314,7 @@ class SqliteStore:
             key = directory.normalize_address(source, catch_all=True)
         except ValueError:
             return None
-        found = self._now(
-            lambda c: c.execute(
-                "SELECT source, targets FROM aliases WHERE source = ?", (key,)
-            ).fetchone()
-        )
+        found = self._row("SELECT source, targets FROM aliases WHERE source = ?", (key,))
         return rows.alias(found) if found else None
 
     async def list_aliases(self, domain: str | None = None) -> list[Alias]:

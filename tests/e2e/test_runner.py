@@ -115,6 +115,26 @@ async def test_idle_timeout_closes(echo_server: tuple[Runner, int]) -> None:
     writer.close()
 
 
+async def test_activity_postpones_the_idle_timeout(echo_server: tuple[Runner, int]) -> None:
+    """One watchdog timer per connection chases the deadline: a client active every
+    0.1 s outlives several 0.3 s timeouts; after it falls silent the session ends no
+    sooner than the timeout and well before the default one."""
+    loop = asyncio.get_running_loop()
+    _, port = echo_server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await line(reader)
+    writer.write(b"SHORT\r\n")
+    assert await line(reader) == b"OK\r\n"
+    for i in range(12):  # 1.2 s of activity, four timeout periods
+        await asyncio.sleep(0.1)
+        writer.write(b"PING %d\r\n" % i)
+        assert await line(reader) == b"ECHO PING %d\r\n" % i
+    quiet = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 0.25 <= loop.time() - quiet < 2
+    writer.close()
+
+
 async def test_shutdown_says_goodbye_to_idle_sessions(
     tmp_path: Path, test_cert: tuple[Path, Path]
 ) -> None:
