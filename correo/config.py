@@ -218,6 +218,8 @@ class SmtpSettings:
     """Fallback address for postmaster@ of a domain that has no postmaster account/alias."""
     max_received_headers: int = 100
     banner: str = "ESMTP correo"
+    workers: int = 0
+    """Processes serving ``[listen] smtp`` (``correo.workers``); 0: the main process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +306,17 @@ def _int(v: Any, _key: str) -> int:
     if v < 0:
         raise ValueError("cannot be negative")
     return v
+
+
+def _workers(v: Any, key: str) -> int:
+    """A process count, or "auto": one per CPU, none on a single-CPU machine."""
+    if v == "auto":
+        cpus = os.cpu_count() or 1
+        return cpus if cpus > 1 else 0
+    n = _int(v, key)
+    if n > 64:
+        raise ValueError("at most 64 (or \"auto\")")
+    return n
 
 
 def _size(v: Any, _key: str) -> int:
@@ -487,6 +500,7 @@ class _Loader:
                     "postmaster": _str,
                     "max_received_headers": _int,
                     "banner": _str,
+                    "workers": _workers,
                 },
             ),
             "relay": (

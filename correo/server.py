@@ -24,6 +24,7 @@ from correo.context import Context
 from correo.net.runner import Runner, Service
 from correo.net.tls import TlsContexts
 from correo.store.base import Store
+from correo.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Server:
         self.settings = settings
         self.ctx: Context | None = None
         self.runner: Runner | None = None
+        self.workers: WorkerPool | None = None
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -102,7 +104,13 @@ class Server:
                 continue
             if not spec.implicit_tls and tls is None:
                 log.warning("%s: no [tls] certificate, STARTTLS will not be offered", name)
+            if name == "smtp" and s.smtp.workers:
+                self.workers = WorkerPool(s)
+                runner.bound["smtp"] = self.workers.bind()
+                continue
             await runner.listen(_service(name, spec), addresses)
+        if self.workers is not None:
+            await self.workers.spawn_all()  # they wait for the store (WorkerPool.start)
         if os.geteuid() == 0 and s.server.user:
             # Import the store backend while still privileged: after the switch the
             # interpreter's own files may be out of reach (a Python under /root).
@@ -120,6 +128,8 @@ class Server:
         for task in self._background_tasks():
             self._background.append(asyncio.create_task(task(ctx)))
         await runner.start_serving(ctx)
+        if self.workers is not None:
+            await self.workers.start(ctx)
 
     def _background_tasks(self) -> list[BackgroundTask]:
         from correo.queue import runner as queue_runner
@@ -128,8 +138,10 @@ class Server:
 
     async def stop(self) -> None:
         grace = self.settings.server.shutdown_grace
-        if self.runner is not None:
-            await self.runner.stop(grace)
+        stopping = [self.runner.stop(grace)] if self.runner is not None else []
+        if self.workers is not None:
+            stopping.append(self.workers.stop(grace))
+        await asyncio.gather(*stopping)
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -157,6 +169,8 @@ class Server:
             await self.stop()
 
     def reload_tls(self) -> None:
+        if self.workers is not None:
+            self.workers.signal_all(signal.SIGHUP)
         if self.ctx is None or self.ctx.tls is None:
             return
         try:

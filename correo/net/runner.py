@@ -390,6 +390,31 @@ class Runner:
                 )
             self._servers.append(server)
 
+    async def adopt(self, service: Service, addr: HostPort, sock: socket.socket) -> None:
+        """Serve a listening socket bound elsewhere: an SMTP worker's share of port 25
+        (see :func:`bind_shared` and ``correo.workers``)."""
+        ssl_ctx = self.tls.server_context if service.implicit_tls and self.tls else None
+        if service.implicit_tls and ssl_ctx is None:
+            raise RuntimeError(f"{service.name}: implicit TLS needs [tls] cert and key")
+        sock.setblocking(False)
+        host, port = sock.getsockname()[:2]
+        self.bound.setdefault(service.name, []).append(HostPort(host, port))
+        if self._proxy_networks:
+            self._accept_sockets.append((sock, service, addr, ssl_ctx))
+            return
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve(reader, writer, service, addr)
+
+        server = await asyncio.start_server(
+            on_connect,
+            sock=sock,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=self.settings.limits.login_timeout if ssl_ctx else None,
+            start_serving=False,
+        )
+        self._servers.append(server)
+
     # ---- PROXY protocol: own accept loop, so the header is consumed before any TLS
     # handshake (a ClientHello may follow the header in the same segment).
 
@@ -582,3 +607,30 @@ class Runner:
                 await asyncio.wait(pending, timeout=5)
         for server in self._servers:
             await server.wait_closed()
+
+
+def bind_shared(addr: HostPort, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one address with SO_REUSEPORT: the kernel spreads
+    incoming connections over them, one socket per worker process. Bound before
+    privileges are dropped (port 25); when port 0 is asked, all share the port the first
+    one got."""
+    info = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)[0]
+    family, sockaddr = info[0], info[4]
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(1024)
+            sockaddr = sock.getsockname()  # later ones take the port the first one got
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+

@@ -425,3 +425,7 @@ def wake(ctx: Context) -> None:
     runner = ctx.extras.get(EXTRAS_KEY)
     if isinstance(runner, QueueRunner):
         runner.wake()
+    else:
+        remote = getattr(runner, "wake", None)  # in an SMTP worker: tells the main process
+        if callable(remote):
+            remote()

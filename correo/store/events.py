@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from correo.store.base import MailboxListener
 
@@ -40,6 +40,12 @@ class EventHub:
 
     def __init__(self) -> None:
         self._listeners: dict[int, list[MailboxListener]] = {}
+        self._taps: list[Callable[[tuple[tuple[int, int], ...]], None]] = []
+
+    def tap(self, fn: Callable[[tuple[tuple[int, int], ...]], None]) -> None:
+        """Also hand every published batch to ``fn`` (on the loop thread): an SMTP worker
+        process forwards its deliveries to the main process this way."""
+        self._taps.append(fn)
 
     def subscribe(self, mailbox_id: int, listener: MailboxListener) -> _Subscription:
         self._listeners.setdefault(mailbox_id, []).append(listener)
@@ -68,8 +74,14 @@ class EventHub:
                 log.exception("mailbox listener failed (mailbox %d)", mailbox_id)
 
     def publish_many(self, changes: Iterable[tuple[int, int]]) -> None:
-        for mailbox_id, modseq in changes:
+        batch = tuple(changes)
+        for mailbox_id, modseq in batch:
             self.publish(mailbox_id, modseq)
+        for fn in self._taps:
+            try:
+                fn(batch)
+            except Exception:
+                log.exception("event tap failed")
 
     def publish_threadsafe(
         self, loop: asyncio.AbstractEventLoop, changes: Iterable[tuple[int, int]]

@@ -108,6 +108,8 @@ def test_listen_and_routes(tmp_path: Path) -> None:
         ("[auth]\nmax_failures = -1\n", "auth.max_failures", "negative"),
         ('[relay.routes]\n"x.test" = { port = 25 }\n', "relay.routes.x.test", "needs host"),
         ("[limits\n", "", "TOML syntax"),
+        ('[smtp]\nworkers = "many"\n', "smtp.workers", "expected an integer"),
+        ("[smtp]\nworkers = 65\n", "smtp.workers", "at most 64"),
     ],
 )
 def test_bad_values_name_file_key_reason(tmp_path: Path, text: str, key: str, reason: str) -> None:
@@ -119,6 +121,15 @@ def test_bad_values_name_file_key_reason(tmp_path: Path, text: str, key: str, re
     if key:
         assert f": {key}: " in msg
     assert reason in msg
+
+
+def test_smtp_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_text(tmp_path, "").smtp.workers == 0
+    assert load_text(tmp_path, "[smtp]\nworkers = 3\n").smtp.workers == 3
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 4)
+    assert load_text(tmp_path, '[smtp]\nworkers = "auto"\n').smtp.workers == 4
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 1)  # one CPU: no gain, none
+    assert load_text(tmp_path, '[smtp]\nworkers = "auto"\n').smtp.workers == 0
 
 
 def test_missing_file(tmp_path: Path) -> None:

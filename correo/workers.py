@@ -1,0 +1,361 @@
+"""SMTP worker processes: the MX listener (``[listen] smtp``) served by several processes.
+
+Why: one Python process runs its protocol code on one core (the GIL). Receiving mail one
+connection per message costs about a millisecond of CPU per message in correo, so a
+single process tops out well below what the machine can do, while Postfix runs as many
+``smtpd`` processes as it likes. With ``[smtp] workers = N`` the main process binds N
+listening sockets per ``smtp`` address with SO_REUSEPORT (before dropping privileges,
+port 25 being privileged) and starts N ``python -m correo.workers`` processes; the kernel
+spreads incoming connections over the sockets. Submission, POP3, IMAP and the queue
+runner stay in the main process.
+
+Each worker opens the same store (SQLite in WAL mode takes writers from several
+processes, each with its own group commit; PostgreSQL is built for it) and reports to
+the main process over a private socketpair, one line per event:
+
+* ``M <mailbox>:<modseq> ...``: mailboxes it changed (SQLite only: PostgreSQL's
+  LISTEN/NOTIFY already crosses processes). The main process publishes them on its event
+  hub, so IMAP IDLE and POP3 there see a delivery made by a worker at once.
+* ``Q``: it queued mail (a forwarding alias, a DSN); the main process wakes its queue
+  runner.
+* ``R``: it is serving.
+
+Start-up: workers are spawned while the main process still has its privileges (so the
+interpreter is readable whatever the install), block reading their settings on stdin,
+and get them only once the main process has opened (created, migrated) the store; then
+they drop privileges themselves and open it. A worker that exits unexpectedly is
+restarted; SIGHUP (new TLS certificates) is passed on; at shutdown each gets SIGTERM and
+finishes its sessions like the main process. A worker whose main process disappears
+(its channel reaches EOF) stops too.
+
+Limits kept in memory are per process: ``[limits] max_connections`` and
+``max_connections_per_ip`` apply to each worker separately (the MX listener has no
+AUTH, so the login failure limits are not involved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from correo.config import HostPort, Settings
+
+if TYPE_CHECKING:
+    from correo.context import Context
+
+log = logging.getLogger("correo.workers")  # also when run as __main__
+
+READY_TIMEOUT = 60.0
+"""Seconds a worker has to open the store and start serving."""
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+"""Pauses before restarting a worker that keeps dying (the last one repeats)."""
+
+
+@dataclass
+class _Worker:
+    index: int
+    sockets: list[tuple[HostPort, socket.socket]]
+    proc: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    channel: asyncio.StreamWriter | None = None
+    """Our end of the channel; kept open (its EOF tells the worker we are gone)."""
+    failures: int = 0
+
+
+class WorkerPool:
+    """The main process's side: sockets, spawning, the channels, restarts, shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.count = settings.smtp.workers
+        self._workers: list[_Worker] = []
+        self._ctx: Context | None = None
+        self._stopping = False
+        self._supervisors: set[asyncio.Task[None]] = set()
+
+    def bind(self) -> list[HostPort]:
+        """Bind every ``smtp`` address once per worker (call while still privileged)."""
+        from correo.net.runner import bind_shared
+
+        per_addr = [(a, bind_shared(a, self.count)) for a in self.settings.listen.smtp]
+        self._workers = [
+            _Worker(i, [(addr, socks[i]) for addr, socks in per_addr]) for i in range(self.count)
+        ]
+        bound = []
+        for _addr, socks in per_addr:
+            host, port = socks[0].getsockname()[:2]
+            bound.append(HostPort(host, port))
+            log.info("listening: smtp on %s (%d worker processes)", bound[-1], self.count)
+        return bound
+
+    async def spawn_all(self) -> None:
+        """Start the processes; they wait for :meth:`start` before opening the store."""
+        for worker in self._workers:
+            await self._spawn(worker)
+
+    async def start(self, ctx: Context) -> None:
+        """Hand the settings over (the store is open) and wait until all serve."""
+        self._ctx = ctx
+        for worker in self._workers:
+            await self._configure(worker)
+        for worker in self._workers:
+            task = asyncio.create_task(self._supervise(worker))
+            self._supervisors.add(task)
+        waits = [asyncio.create_task(w.ready.wait()) for w in self._workers]
+        _done, pending = await asyncio.wait(waits, timeout=READY_TIMEOUT)
+        for t in pending:
+            t.cancel()
+        if pending:
+            raise RuntimeError("smtp workers did not start; see the log lines above")
+
+    # ---------------------------------------------------------------- processes
+    async def _spawn(self, worker: _Worker) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = [child_end.fileno()] + [s.fileno() for _a, s in worker.sockets]
+        args = [str(worker.index), str(child_end.fileno())]
+        args += [f"{s.fileno()}={addr}" for addr, s in worker.sockets]
+        try:
+            worker.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "correo.workers",
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=fds,
+            )
+        finally:
+            child_end.close()
+        worker.ready.clear()
+        reader, worker.channel = await asyncio.open_unix_connection(sock=parent_end)
+        task = asyncio.create_task(self._listen(worker, reader))
+        worker.tasks.add(task)
+        task.add_done_callback(worker.tasks.discard)
+
+    async def _configure(self, worker: _Worker) -> None:
+        proc = worker.proc
+        assert proc is not None and proc.stdin is not None
+        proc.stdin.write(pickle.dumps(self.settings))
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        proc.stdin.close()
+
+    async def _listen(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        """One worker's event lines (module docstring)."""
+        from correo.queue.runner import wake
+        from correo.store.events import EventHub
+
+        while line := await reader.readline():
+            kind, _, rest = line.rstrip(b"\n").partition(b" ")
+            ctx = self._ctx
+            if kind == b"M" and ctx is not None:
+                hub = getattr(ctx.store, "events", None)
+                if isinstance(hub, EventHub):
+                    hub.publish_many(_pairs(rest))
+            elif kind == b"Q" and ctx is not None:
+                wake(ctx)
+            elif kind == b"R":
+                worker.failures = 0
+                worker.ready.set()
+
+    async def _supervise(self, worker: _Worker) -> None:
+        while True:
+            proc = worker.proc
+            assert proc is not None
+            code = await proc.wait()
+            if self._stopping:
+                return
+            delay = RESTART_DELAYS[min(worker.failures, len(RESTART_DELAYS) - 1)]
+            worker.failures += 1
+            log.error(
+                "smtp worker %d (pid %d) exited with status %s; restarting in %.1fs",
+                worker.index,
+                proc.pid,
+                code,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._spawn(worker)
+                await self._configure(worker)
+            except OSError as exc:
+                log.error("smtp worker %d: cannot restart: %s", worker.index, exc)
+
+    # ---------------------------------------------------------------- control
+    @property
+    def pids(self) -> list[int]:
+        """The running workers' process ids (for operators' tools and tests)."""
+        return [
+            w.proc.pid for w in self._workers if w.proc is not None and w.proc.returncode is None
+        ]
+
+    def signal_all(self, signum: int) -> None:
+        for worker in self._workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signum)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM each worker (it finishes its sessions within ``grace``); SIGKILL after."""
+        self._stopping = True
+        for task in self._supervisors:
+            task.cancel()
+        self.signal_all(signal.SIGTERM)
+        procs = [w.proc for w in self._workers if w.proc is not None]
+        waits = [asyncio.create_task(p.wait()) for p in procs]
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=grace + 5)
+            if pending:
+                self.signal_all(signal.SIGKILL)
+                await asyncio.wait(pending, timeout=5)
+        for worker in self._workers:
+            for task in list(worker.tasks):
+                task.cancel()
+            if worker.channel is not None:
+                worker.channel.close()
+            for _addr, sock in worker.sockets:
+                sock.close()
+
+
+def _pairs(text: bytes) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split():
+        mailbox, sep, modseq = item.partition(b":")
+        if sep and mailbox.isdigit() and modseq.isdigit():
+            out.append((int(mailbox), int(modseq)))
+    return out
+
+
+# ---------------------------------------------------------------------- the worker
+
+
+class _Channel:
+    """The worker's side of the channel; also the queue runner stand-in in ``extras``."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    def _send(self, line: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(line)
+
+    def changed(self, batch: tuple[tuple[int, int], ...]) -> None:
+        if batch:
+            self._send(b"M " + " ".join(f"{m}:{q}" for m, q in batch).encode() + b"\n")
+
+    def wake(self) -> None:
+        self._send(b"Q\n")
+
+    def ready(self) -> None:
+        self._send(b"R\n")
+
+
+async def _serve(index: int, settings: Settings, channel_fd: int, listeners: list[str]) -> None:
+    from correo.auth.service import Authenticator
+    from correo.context import Context
+    from correo.net.runner import Runner
+    from correo.net.tls import TlsContexts
+    from correo.queue.runner import EXTRAS_KEY
+    from correo.server import SERVICES, _limiter, _service, drop_privileges
+    from correo.store import open_store
+    from correo.store.events import EventHub
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if os.geteuid() == 0 and settings.server.user:
+        drop_privileges(settings.server.user)
+    store = await open_store(settings)
+    tls = TlsContexts(settings.tls) if settings.tls.cert else None
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
+    ctx = Context(
+        settings=settings,
+        store=store,
+        auth=Authenticator(settings, limiter=_limiter(store, settings)),
+        tls=tls,
+    )
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
+    channel = _Channel(writer)
+    ctx.extras[EXTRAS_KEY] = channel
+    hub = getattr(store, "events", None)
+    if isinstance(hub, EventHub):  # SQLite; PostgreSQL's NOTIFY reaches every process
+        hub.tap(channel.changed)
+    runner = Runner(settings, tls)
+    service = _service("smtp", SERVICES["smtp"])
+    for item in listeners:
+        fd, _, addr = item.partition("=")
+        sock = socket.socket(fileno=int(fd))
+        await runner.adopt(service, HostPort(*_split(addr)), sock)
+    await runner.start_serving(ctx)
+    channel.ready()
+    log.info("smtp worker %d serving (pid %d)", index, os.getpid())
+    parent = asyncio.create_task(reader.read())  # b"" once the main process is gone
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({parent, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if parent.done():
+        log.warning("smtp worker %d: main process gone, stopping", index)
+    parent.cancel()
+    stopping.cancel()
+    await runner.stop(settings.server.shutdown_grace)
+    await store.close()
+    ctx.auth.close()
+    writer.close()
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m correo.workers INDEX CHANNEL_FD FD=HOST:PORT ...`` (from WorkerPool)."""
+    # Ctrl-C in a terminal reaches the whole process group; the main process decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    index, channel_fd, listeners = int(argv[0]), int(argv[1]), argv[2:]
+    # imported while still privileged (the interpreter may be unreadable afterwards)
+    import correo.server
+    import correo.smtp.session
+    import correo.store  # noqa: F401
+
+    data = sys.stdin.buffer.read()  # blocks until the main process has opened the store
+    if not data:
+        return 0  # the main process stopped before configuring us
+    # From the main process over a private pipe: as trusted as our own command line.
+    settings = pickle.loads(data)  # noqa: S301
+    if not isinstance(settings, Settings):
+        raise SystemExit("correo.workers: bad settings from the main process")
+    _import_backend(settings)
+    logging.basicConfig(
+        level=settings.server.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from correo.server import install_event_loop_policy
+
+    install_event_loop_policy()
+    asyncio.run(_serve(index, settings, channel_fd, listeners))
+    return 0
+
+
+def _import_backend(settings: Settings) -> None:
+    """Import the store backend before privileges are dropped (see ``correo.server``)."""
+    import importlib
+
+    from correo.server import _BACKEND_MODULES
+
+    importlib.import_module(f"correo.store.{_BACKEND_MODULES[settings.storage.backend]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

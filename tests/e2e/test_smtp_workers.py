@@ -1,0 +1,180 @@
+"""The MX listener served by worker processes (``[smtp] workers``, ``correo.workers``).
+
+Real sockets, real processes, a real SQLite file: mail sent to the shared port lands in
+the INBOX; an IMAP IDLE in the main process sees a worker's delivery at once; a
+forwarding alias handled by a worker wakes the main process's queue runner; a worker
+killed with SIGKILL is replaced and the port keeps answering; and with ``correo serve``
+itself, a message answered 250 by a worker survives SIGKILL of every process, and
+workers do not outlive their main process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_queue_relay
+from imapclient import IMAPClient
+from test_queue_relay import inbox, wait_for
+
+from correo.queue import runner as queue_runner
+
+sinks = test_queue_relay.sinks  # the fixture
+
+WORKERS = "[smtp]\nworkers = 2\n"
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def message(n: int) -> bytes:
+    return (
+        f"From: carol@origin.test\r\nTo: alice@example.test\r\nSubject: w{n}\r\n"
+        f"Message-ID: <w{n}@origin.test>\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+def send(port: int, n: int, rcpt: str = "alice@example.test") -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("origin.test")
+        assert client.sendmail("carol@origin.test", [rcpt], message(n)) == {}
+
+
+def subjects(ms: Any) -> list[str]:
+    return sorted(str(m["Subject"]) for m in inbox(ms, "alice@example.test"))
+
+
+def test_mail_to_the_shared_port_lands_in_the_inbox(make_mailserver: Any) -> None:
+    ms = make_mailserver(WORKERS)
+    assert ms.server.workers is not None and len(ms.server.workers.pids) == 2
+    assert ms.server.runner.bound["smtp"][0].port == ms.ports["smtp"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: send(ms.ports["smtp"], n), range(40)))
+    assert subjects(ms) == sorted(f"w{n}" for n in range(40))
+
+
+def test_idle_in_the_main_process_sees_a_worker_delivery(make_mailserver: Any) -> None:
+    ms = make_mailserver(WORKERS)
+    with IMAPClient(ms.host, port=ms.ports["imap"], ssl=False) as imap:
+        imap.starttls(ms.client_tls())
+        imap.login("alice@example.test", "secret")
+        imap.select_folder("INBOX")
+        imap.idle()
+        started = time.monotonic()
+        send(ms.ports["smtp"], 1)
+        seen: list[Any] = []
+        while time.monotonic() - started < 5 and not any(b"EXISTS" in r for r in seen):
+            seen += imap.idle_check(timeout=1)
+        imap.idle_done()
+        assert (1, b"EXISTS") in seen
+        assert time.monotonic() - started < 3
+
+
+def test_forwarding_through_a_worker_wakes_the_queue_runner(
+    make_mailserver: Any, sinks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the worker's "Q" the runner would only look again after RECHECK seconds.
+    monkeypatch.setattr(queue_runner, "RECHECK", 60.0)
+    sink = sinks()
+    ms = make_mailserver(
+        WORKERS
+        + '[relay]\nsrs_secret = "s3cret"\n'
+        + f'[relay.routes]\n"remote.test" = "127.0.0.1:{sink.port}"\n'
+    )
+    ms.run(ms.store.add_alias("fwd@example.test", ["someone@remote.test"]))
+    time.sleep(0.5)  # let the runner settle into its (now long) wait
+    send(ms.ports["smtp"], 7, rcpt="fwd@example.test")
+    (got,) = wait_for(lambda: sink.received, timeout=10)
+    assert got.rcpts == ["someone@remote.test"]
+
+
+def test_a_killed_worker_is_replaced(make_mailserver: Any) -> None:
+    ms = make_mailserver(WORKERS)
+    pool = ms.server.workers
+    victim = pool.pids[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(pool.pids) == 2 and victim not in pool.pids, timeout=20)
+    # connections the kernel hands to the new worker's socket (held open by the main
+    # process meanwhile) are served; every one of them gets through
+    with ThreadPoolExecutor(4) as executor:
+        list(executor.map(lambda n: send(ms.ports["smtp"], n), range(12)))
+    assert len(subjects(ms)) == 12
+
+
+# ------------------------------------------------------------------ correo serve
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_serve_with_workers_survives_sigkill_and_workers_follow_their_parent(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    cfg = tmp_path / "correo.toml"
+    cfg.write_text(
+        f'hostname = "mx.example.test"\ndata_dir = "{data}"\n'
+        '[listen]\nsmtp = ["127.0.0.1:0"]\n' + WORKERS
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    correo = [sys.executable, "-m", "correo", "-c", str(cfg)]
+    subprocess.run([*correo, "domain", "add", "example.test"], check=True, env=env)
+    subprocess.run(
+        [*correo, "user", "add", "alice@example.test", "--password-stdin"],
+        input=b"secret\n",
+        check=True,
+        env=env,
+    )
+    proc = subprocess.Popen(
+        [*correo, "serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        port = 0
+        for line in proc.stdout:
+            parts = line.split()
+            if parts[:1] == ["smtp"]:
+                port = int(parts[1].rsplit(":", 1)[1])
+            if "Ctrl-C stops." in line:
+                break
+        assert port, "no smtp port printed"
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        for n in range(5):
+            send(port, n)  # each answered 250 by one of the workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # the channel's EOF tells each worker its main process is gone
+        wait_for(lambda: not any(alive(w) for w in workers), timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    db = sqlite3.connect(data / "correo.db")
+    try:
+        (count,) = db.execute(
+            "SELECT count(*) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+            " JOIN accounts a ON a.id = b.account_id"
+            " WHERE a.address = 'alice@example.test' AND b.name = 'INBOX'"
+        ).fetchone()
+    finally:
+        db.close()
+    assert count == 5
