@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import logging
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -241,14 +240,10 @@ def serve(obj: dict[str, Any]) -> None:
     SIGHUP reloads the TLS certificates. Started as root, correo binds its ports and then
     drops to [server] user.
     """
-    from correo.server import Server, install_event_loop_policy
+    from correo.server import Server, configure_logging, install_event_loop_policy
 
     settings = _settings(obj)
-    logging.basicConfig(
-        level=settings.server.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.server.log_level)
     loop_name = install_event_loop_policy()
     server = Server(settings)
 

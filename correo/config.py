@@ -315,7 +315,7 @@ def _workers(v: Any, key: str) -> int:
         return cpus if cpus > 1 else 0
     n = _int(v, key)
     if n > 64:
-        raise ValueError("at most 64 (or \"auto\")")
+        raise ValueError('at most 64 (or "auto")')
     return n
 
 

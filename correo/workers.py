@@ -336,13 +336,9 @@ def main(argv: list[str]) -> int:
     if not isinstance(settings, Settings):
         raise SystemExit("correo.workers: bad settings from the main process")
     _import_backend(settings)
-    logging.basicConfig(
-        level=settings.server.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    from correo.server import install_event_loop_policy
+    from correo.server import configure_logging, install_event_loop_policy
 
+    configure_logging(settings.server.log_level)
     install_event_loop_policy()
     asyncio.run(_serve(index, settings, channel_fd, listeners))
     return 0

@@ -290,6 +290,10 @@ class Connection:
         self.log.info("tls: %s", self.tls_info)
 
     async def close(self) -> None:
+        writer = self._writer
+        if not self.tls and not writer.transport.get_write_buffer_size():
+            writer.close()  # nothing left to send: the socket closes on the next loop turn
+            return
         if not self._writer.is_closing():
             try:
                 await asyncio.wait_for(self._writer.drain(), 5)
@@ -633,4 +637,3 @@ def bind_shared(addr: HostPort, count: int) -> list[socket.socket]:
             sock.close()
         raise
     return socks
-
