@@ -19,7 +19,8 @@ connections for a fixed time. Each connection pipelines ``MAIL``, ``RCPT`` and `
 in one write (RFC 2920: DATA ends a group), then sends the text and waits for the reply:
 a 250 comes only after the store committed (DESIGN.md "never lose mail"). At the end the
 server is stopped and the INBOX rows are counted in the database to check that every
-accepted message is there. Memory is the server process's peak RSS (``VmHWM``).
+accepted message is there. Memory is the server processes' summed peak RSS (``VmHWM``).
+``--workers N`` serves the MX port from N worker processes (``[smtp] workers``).
 
 The client is Python asyncio in another process: on a 2-core machine client and server
 each get roughly one core, so the figure is a floor for the server.
@@ -51,7 +52,7 @@ RCPT = "bench@example.test"
 # --------------------------------------------------------------------------- server side
 
 
-def write_config(root: Path) -> Path:
+def write_config(root: Path, workers: int) -> Path:
     cfg = root / "correo.toml"
     cfg.write_text(
         'hostname = "mx.example.test"\n'
@@ -60,6 +61,7 @@ def write_config(root: Path) -> Path:
         '[limits]\nmax_connections_per_ip = 1000\nmax_message_size = "50M"\n'
         "[auth]\nargon2_time_cost = 1\nargon2_memory_cost = 8\nargon2_parallelism = 1\n"
         '[server]\nlog_level = "WARNING"\n'
+        f"[smtp]\nworkers = {workers}\n"
     )
     return cfg
 
@@ -86,7 +88,8 @@ async def serve(config_path: str) -> None:
         await store.add_account(RCPT, hash_password("x", settings.auth))
     port = server.runner.bound["smtp"][0].port
     loop_name = os.environ.get("CORREO_BENCH_LOOP", "asyncio")
-    print(json.dumps({"port": port, "pid": os.getpid(), "loop": loop_name}), flush=True)
+    pids = [os.getpid(), *(server.workers.pids if server.workers else [])]
+    print(json.dumps({"port": port, "pids": pids, "loop": loop_name}), flush=True)
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, done.set)
@@ -223,6 +226,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="FILE", help="write the server's cProfile stats to FILE"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="[smtp] workers: processes serving the MX port (0: the main process)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -239,7 +248,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="correo-bench-") as tmp:
         root = Path(tmp)
-        cfg = write_config(root)
+        cfg = write_config(root, args.workers)
         extra = ["--profile", args.profile] if args.profile else []
         proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(cfg), *extra],
@@ -250,8 +259,11 @@ def main() -> None:
         try:
             assert proc.stdout is not None
             info = json.loads(proc.stdout.readline())
-            port, pid = info["port"], info["pid"]
-            print(f"# correo SMTP in: {conditions()}; server loop: {info['loop']}")
+            port, pids = info["port"], info["pids"]
+            print(
+                f"# correo SMTP in: {conditions()}; server loop: {info['loop']}; "
+                f"[smtp] workers = {args.workers}"
+            )
             print(f"# data dir {root} on {fs_of(root)}; each 250 follows a durable commit")
             accepted = 0
             for size in (int(s) for s in args.sizes.split(",")):
@@ -273,15 +285,16 @@ def main() -> None:
                 host, _, pport = args.postfix.rpartition(":")
                 print(f"smtp-source -> Postfix {args.postfix} ({args.postfix_to}, Maildir):")
                 print(smtp_bench(host, int(pport), args.postfix_to, args.postfix_conf), flush=True)
-            peak = peak_rss_kb(pid)
+            peak = sum(peak_rss_kb(pid) for pid in pids)
         finally:
             if proc.stdin:
                 proc.stdin.close()
             proc.wait(30)
         stored = stored_messages(root / "data" / "correo.db")
         print(
-            f"server peak RSS: {peak / 1024:.0f} MB; accepted {accepted}, found in INBOX "
-            f"after shutdown: {stored}{'' if stored >= accepted else '  <-- LOST MAIL'}"
+            f"server peak RSS ({len(pids)} process(es)): {peak / 1024:.0f} MB; "
+            f"accepted {accepted}, found in INBOX after shutdown: {stored}"
+            f"{'' if stored >= accepted else '  <-- LOST MAIL'}"
         )
 
 
