@@ -148,15 +148,22 @@ async def test_changed_hash_invalidates_cached_password() -> None:
 
 
 async def test_cache_is_bounded_and_keyed_by_hmac() -> None:
+    password = "correct horse battery staple"
     v = PasswordVerifier(CHEAP, cache_size=3)
-    h = hash_password("pw", CHEAP)
+    h = hash_password(password, CHEAP)
     for i in range(10):
-        assert await v.verify(h, "pw", address=f"u{i}@example.test")
+        assert await v.verify(h, password, address=f"u{i}@example.test")
     assert v.cached == 3
-    # keys are 32-byte MACs: neither the password nor the address is stored
+    # keys are 32-byte MACs under a per-process secret: neither the password nor the
+    # address is stored, and another process's keys for the same login differ (a short
+    # needle like b"pw" would appear in a random 32-byte key once in a few hundred runs)
+    other = PasswordVerifier(CHEAP)
     for key in v._cache:
         assert isinstance(key, bytes) and len(key) == 32
-        assert b"pw" not in key
+        assert password.encode() not in key and b"@example.test" not in key
+    assert v._key("u9@example.test", password, h) in v._cache
+    assert other._key("u9@example.test", password, h) not in v._cache
+    other.close()
     v.close()
 
 
