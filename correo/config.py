@@ -90,6 +90,13 @@ class HostPort:
             return False
 
 
+def auto_workers() -> int:
+    """``[smtp] workers = "auto"``: one SMTP worker process per CPU, none on one CPU
+    (there a worker would only add a hop)."""
+    cpus = os.cpu_count() or 1
+    return cpus if cpus > 1 else 0
+
+
 def parse_hostport(value: object, default_port: int | None = None) -> HostPort:
     """``"127.0.0.1:25"``, ``"[::1]:25"``, ``"mx.example.net:2525"``."""
     if not isinstance(value, str) or not value.strip():
@@ -218,8 +225,9 @@ class SmtpSettings:
     """Fallback address for postmaster@ of a domain that has no postmaster account/alias."""
     max_received_headers: int = 100
     banner: str = "ESMTP correo"
-    workers: int = 0
-    """Processes serving ``[listen] smtp`` (``correo.workers``); 0: the main process."""
+    workers: int = field(default_factory=auto_workers)
+    """Processes serving ``[listen] smtp`` (``correo.workers``); 0: the main process.
+    Default "auto": one per CPU, none on a single CPU."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,10 +317,9 @@ def _int(v: Any, _key: str) -> int:
 
 
 def _workers(v: Any, key: str) -> int:
-    """A process count, or "auto": one per CPU, none on a single-CPU machine."""
+    """A process count, or "auto" (:func:`auto_workers`)."""
     if v == "auto":
-        cpus = os.cpu_count() or 1
-        return cpus if cpus > 1 else 0
+        return auto_workers()
     n = _int(v, key)
     if n > 64:
         raise ValueError('at most 64 (or "auto")')

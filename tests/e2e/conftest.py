@@ -94,6 +94,8 @@ class MailServer:
             "[listen]\n"
             + "".join(f'{s} = ["127.0.0.1:0"]\n' for s in SERVICES)
             + f'[tls]\ncert = "{cert[0]}"\nkey = "{cert[1]}"\n'
+            # MX in this process (test_smtp_workers covers "auto" worker processes)
+            + "[smtp]\nworkers = 0\n"
             + CHEAP_ARGON2
         )
         text = merge_toml(base, extra_toml) if extra_toml else base
