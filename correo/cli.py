@@ -241,6 +241,7 @@ def serve(obj: dict[str, Any]) -> None:
     drops to [server] user.
     """
     from correo.server import Server, configure_logging, install_event_loop_policy
+    from correo.workers import WorkerError
 
     settings = _settings(obj)
     configure_logging(settings.server.log_level)
@@ -265,6 +266,8 @@ def serve(obj: dict[str, Any]) -> None:
         raise Fail(str(exc)) from None
     except OSError as exc:
         raise Fail(f"cannot start: {exc.strerror or exc}") from None
+    except WorkerError as exc:
+        raise Fail(f"cannot start: {exc}") from None
 
 
 def try_line(service: str, addr: object) -> str:

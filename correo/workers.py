@@ -59,6 +59,10 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Pauses before restarting a worker that keeps dying (the last one repeats)."""
 
 
+class WorkerError(RuntimeError):
+    """A worker could not start (``correo serve`` prints it as one line)."""
+
+
 @dataclass
 class _Worker:
     index: int
@@ -108,14 +112,30 @@ class WorkerPool:
         for worker in self._workers:
             await self._configure(worker)
         for worker in self._workers:
+            await self._first_start(worker)
+        for worker in self._workers:
             task = asyncio.create_task(self._supervise(worker))
             self._supervisors.add(task)
-        waits = [asyncio.create_task(w.ready.wait()) for w in self._workers]
-        _done, pending = await asyncio.wait(waits, timeout=READY_TIMEOUT)
-        for t in pending:
-            t.cancel()
-        if pending:
-            raise RuntimeError("smtp workers did not start; see the log lines above")
+
+    async def _first_start(self, worker: _Worker) -> None:
+        """Wait until the worker serves; a worker that cannot start stops start-up with
+        one line (what went wrong is in the worker's own log lines just before)."""
+        proc = worker.proc
+        assert proc is not None
+        ready = asyncio.create_task(worker.ready.wait())
+        exited = asyncio.create_task(proc.wait())
+        await asyncio.wait(
+            {ready, exited}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        ready.cancel()
+        exited.cancel()
+        if not worker.ready.is_set():
+            status = proc.returncode
+            raise WorkerError(
+                f"smtp worker {worker.index} did not start"
+                + (f" (exit status {status})" if status is not None else " in time")
+                + "; see the log lines above"
+            )
 
     # ---------------------------------------------------------------- processes
     async def _spawn(self, worker: _Worker) -> None:

@@ -26,7 +26,10 @@ import test_queue_relay
 from imapclient import IMAPClient
 from test_queue_relay import inbox, wait_for
 
+from correo import config
 from correo.queue import runner as queue_runner
+from correo.server import Server
+from correo.workers import WorkerError
 
 sinks = test_queue_relay.sinks  # the fixture
 
@@ -106,6 +109,22 @@ def test_a_killed_worker_is_replaced(make_mailserver: Any) -> None:
     with ThreadPoolExecutor(4) as executor:
         list(executor.map(lambda n: send(ms.ports["smtp"], n), range(12)))
     assert len(subjects(ms)) == 12
+
+
+async def test_a_worker_that_cannot_start_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stands in for an interpreter that cannot import correo: the main process says so
+    in one line instead of serving without its MX port."""
+    settings = config.loads(
+        f'data_dir = "{tmp_path / "data"}"\n[listen]\nsmtp = ["127.0.0.1:0"]\n' + WORKERS,
+        tmp_path / "correo.toml",
+    )
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    server = Server(settings)
+    with pytest.raises(WorkerError, match=r"smtp worker 0 did not start \(exit status 1\)"):
+        await server.start()
+    await server.stop()
 
 
 # ------------------------------------------------------------------ correo serve
