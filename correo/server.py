@@ -22,7 +22,8 @@ from typing import Any
 from correo.auth.limits import FailureLimiter
 from correo.config import HostPort, Settings
 from correo.context import Context
-from correo.net.runner import Runner, Service
+from correo.net.connection import Service
+from correo.net.runner import Runner
 from correo.net.tls import TlsContexts
 from correo.store.base import Store
 from correo.workers import WorkerPool

@@ -38,7 +38,7 @@ from correo.imap.parser import (
 )
 from correo.imap.spec import BodyLiteral
 from correo.imap.view import Exists, Expunged, FlagsChanged, Keywords, MailboxView, Recent, Update
-from correo.net.runner import ConnectionClosed, IdleTimeout, ServerShutdown
+from correo.net.connection import ConnectionClosed, IdleTimeout, ServerShutdown
 from correo.store.base import (
     Account,
     AlreadyExists,
@@ -54,7 +54,7 @@ from correo.store.base import (
 
 if TYPE_CHECKING:
     from correo.context import Context
-    from correo.net.runner import Connection
+    from correo.net.connection import Connection
 
 __all__ = ["BUSY", "SHUTDOWN", "Session", "handle"]
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from correo.auth import sasl
 from correo.auth.service import AuthReason, plaintext_allowed
-from correo.net.runner import ConnectionClosed, IdleTimeout, ServerShutdown
+from correo.net.connection import ConnectionClosed, IdleTimeout, ServerShutdown
 from correo.pop3 import protocol as p
 from correo.pop3.capa import capabilities
 from correo.pop3.maildrop import Entry, Maildrop, MaildropError
@@ -46,7 +46,7 @@ from correo.store.base import Account, Body, NotFound, StoredMessage, StoreError
 
 if TYPE_CHECKING:
     from correo.context import Context
-    from correo.net.runner import Connection
+    from correo.net.connection import Connection
 
 BUSY = b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
 """Sent instead of a greeting when a connection limit refuses the client (RFC 3206 §4)."""

@@ -17,8 +17,9 @@ import pytest
 
 from correo import config
 from correo.context import Context
+from correo.net.connection import Connection, Service
 from correo.net.proxy import build_v1, build_v2
-from correo.net.runner import Connection, Runner, Service
+from correo.net.runner import Runner
 from correo.net.tls import TlsContexts
 
 
