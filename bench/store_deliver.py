@@ -6,7 +6,9 @@ For each combination of body size (4 KB, 100 KB), local recipients (1, 50) and
 concurrent writers (1, 32), N asyncio tasks each deliver distinct messages in a loop for
 a fixed time; every delivery has returned only once committed with
 ``synchronous=FULL`` (and its blob file fsynced, for bodies over the inline threshold).
-Prints deliveries/s (messages, not recipients) and the machine conditions.
+Prints deliveries/s (messages, not recipients), the CPU time the store's writer thread
+spent per delivery (``time.thread_time`` read on that thread before and after: steadier
+than throughput on a shared machine), and the machine conditions.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def make(size: int, n: int, tag: str) -> IncomingMessage:
     return IncomingMessage(data, hashlib.sha256(data).hexdigest(), json.dumps({"n": n}).encode())
 
 
+async def writer_cpu(store: SqliteStore) -> float:
+    """CPU seconds the writer thread has used so far (read on that thread)."""
+    assert store._writer is not None
+    return await store._writer.run_exclusive(lambda _tx: time.thread_time())
+
+
 async def run_case(
     root: Path, size: int, recipients: int, writers: int, seconds: float
 ) -> tuple[float, float]:
@@ -91,9 +99,11 @@ async def run_case(
                 n += 1
                 done += 1
 
+        cpu0 = await writer_cpu(store)
         start = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(writers)))
         elapsed = time.perf_counter() - start
+        cpu = (await writer_cpu(store) - cpu0) / max(done, 1)
         latencies.sort()
         p50 = latencies[len(latencies) // 2] * 1000 if latencies else 0.0
         assert store._writer is not None
@@ -101,7 +111,8 @@ async def run_case(
         print(
             f"  {size // 1024:>4} KB  rcpt {recipients:>2}  writers {writers:>2}:"
             f"  {done / elapsed:8.0f} deliveries/s  ({done * recipients / elapsed:8.0f}"
-            f" mailbox rows/s, p50 {p50:6.2f} ms, {batch:5.1f} jobs/commit)",
+            f" mailbox rows/s, p50 {p50:6.2f} ms, {batch:5.1f} jobs/commit,"
+            f" writer CPU {cpu * 1e6:6.1f} us/delivery)",
             flush=True,
         )
         return done / elapsed, p50

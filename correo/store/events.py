@@ -2,9 +2,11 @@
 
 A backend publishes ``(mailbox_id, highestmodseq)`` after a change commits; listeners
 (IMAP IDLE, selected views, POP3) then read what changed with ``Store.changes_since``
-(DESIGN.md principle 5). The SQLite backend feeds the hub from its writer thread through
-``publish_threadsafe``; a PostgreSQL backend would feed the same hub from a
-``LISTEN correo_changes`` connection, calling ``publish`` on the loop for each NOTIFY.
+(DESIGN.md principle 5). The SQLite writer thread schedules ``publish_many`` on the
+caller's loop right after a commit (in the same callback that resolves the writers'
+futures); PostgreSQL feeds the same hub from its LISTEN connection
+(``postgres_events``); an SMTP worker process's deliveries arrive over its channel to
+the main process (``correo.workers``), which a tap forwards on the worker's side.
 Listeners run on the event loop and must not block; one raising is logged and the others
 still run.
 """

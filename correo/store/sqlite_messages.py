@@ -64,25 +64,70 @@ def check_quota(tx: WriteTx, account_id: int, extra: int, single: int) -> None:
         raise OverQuota(message_alone_exceeds=single > quota)
 
 
+_Head = tuple[int, int]
+"""A mailbox's (uidnext, highestmodseq) as read inside the writing transaction."""
+
+_DELIVERY_MAILBOX = (
+    "COALESCE((SELECT id FROM mailboxes WHERE account_id = {acct} AND name = ?"
+    " AND selectable = 1), (SELECT id FROM mailboxes WHERE account_id = {acct}"
+    " AND name = ? AND selectable = 1))"
+)
+"""The named mailbox, or INBOX when that one is missing or \\Noselect."""
+
+_TARGET_SQL = (
+    "SELECT a.quota, a.used, m.id, m.uidnext, m.highestmodseq FROM accounts AS a"
+    f" LEFT JOIN mailboxes AS m ON m.id = {_DELIVERY_MAILBOX.format(acct='a.id')}"
+    " WHERE a.id = ?"
+)
+"""Quota, usage and delivery mailbox of an account in one statement (one GIL release and
+one VM run instead of two)."""
+
+_MAILBOX_SQL = (
+    "SELECT id, uidnext, highestmodseq FROM mailboxes"
+    f" WHERE id = {_DELIVERY_MAILBOX.format(acct='?1')}"
+)
+"""The delivery mailbox alone; parameters: account id (``?1``), wanted name, INBOX."""
+
+
+def _wanted(name: str) -> str:
+    """The normalised delivery mailbox name; INBOX for a name that is not valid."""
+    if name == names.INBOX:  # nearly every delivery: already normal
+        return name
+    try:
+        return names.normalize(name)
+    except InvalidName:
+        return names.INBOX
+
+
 def _insert(
     tx: WriteTx,
     mailbox_id: int,
+    account_id: int,
+    head: _Head,
     sha: str,
     prefix: bytes,
     flags: frozenset[str],
     internaldate: float,
     size: int,
 ) -> tuple[int, int]:
-    """Link one message into a mailbox; returns (uid, modseq). Counters, change log and
-    the account's ``used`` are updated; the blob reference is the caller's business."""
+    """Link one message into a mailbox whose (uidnext, highestmodseq) is ``head``; returns
+    (uid, modseq): the mailbox's UIDNEXT, and its MODSEQ + 1 (RFC 7162 §3.1.1).
+    Counters, change log and the account's ``used`` are updated; the blob reference is
+    the caller's business.
+
+    ``head`` was read earlier in the same write transaction; the UPDATE re-checks it
+    rather than reading it back with RETURNING (cheaper), so a stale head fails loudly
+    instead of reusing a UID."""
+    uid, modseq = head[0], head[1] + 1
     unseen = 0 if SEEN in flags else 1
-    row = tx.conn.execute(
+    cur = tx.conn.execute(
         "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1,"
         " n_exists = n_exists + 1, n_unseen = n_unseen + ?, size = size + ?"
-        " WHERE id = ? RETURNING uidnext - 1, highestmodseq, account_id",
-        (unseen, size, mailbox_id),
-    ).fetchone()
-    uid, modseq, account_id = int(row[0]), int(row[1]), int(row[2])
+        " WHERE id = ? AND uidnext = ? AND highestmodseq = ?",
+        (unseen, size, mailbox_id, uid, head[1]),
+    )
+    if cur.rowcount != 1:
+        raise RuntimeError(f"mailbox {mailbox_id} changed under its own write transaction")
     text = encode_flags(flags)
     tx.conn.execute(
         "INSERT INTO messages (mailbox_id, uid, modseq, flags, internaldate, size, blob_id,"
@@ -96,22 +141,6 @@ def _insert(
     tx.conn.execute("UPDATE accounts SET used = used + ? WHERE id = ?", (size, account_id))
     tx.notify(mailbox_id, modseq)
     return uid, modseq
-
-
-def _delivery_mailbox(tx: WriteTx, account_id: int, name: str) -> int | None:
-    """The target mailbox id; INBOX when the named one is missing or \\Noselect."""
-    try:
-        wanted = names.normalize(name)
-    except InvalidName:
-        wanted = names.INBOX
-    for candidate in dict.fromkeys((wanted, names.INBOX)):
-        row = tx.conn.execute(
-            "SELECT id FROM mailboxes WHERE account_id = ? AND name = ? AND selectable = 1",
-            (account_id, candidate),
-        ).fetchone()
-        if row:
-            return int(row[0])
-    return None
 
 
 def queue_requests(
@@ -142,21 +171,31 @@ def deliver(
     over: list[int] = []
     planned: list[tuple[LocalDelivery, int, int]] = []
     used: dict[int, tuple[int, int]] = {}
+    heads: dict[int, _Head] = {}
+    conn = tx.conn
     for target in local:
         size = len(target.prefix) + body_size
-        room = used.get(target.account_id) or _quota_room(tx, target.account_id)
+        wanted = _wanted(target.mailbox)
+        room = used.get(target.account_id)
         if room is None:
-            log.warning("deliver: account %d no longer exists; skipped", target.account_id)
-            continue
+            row = conn.execute(_TARGET_SQL, (wanted, names.INBOX, target.account_id)).fetchone()
+            if row is None:
+                log.warning("deliver: account %d no longer exists; skipped", target.account_id)
+                continue
+            room = (int(row[0]), int(row[1]))
+            box = row[2:]
+        else:  # a second target for the account: its quota is known, look up the mailbox
+            box = conn.execute(_MAILBOX_SQL, (target.account_id, wanted, names.INBOX)).fetchone()
         quota, current = room
         if quota and current + size > quota:
             if target.account_id not in over:
                 over.append(target.account_id)
             continue
-        mailbox_id = _delivery_mailbox(tx, target.account_id, target.mailbox)
-        if mailbox_id is None:
+        if box is None or box[0] is None:
             log.warning("deliver: account %d has no INBOX; skipped", target.account_id)
             continue
+        mailbox_id = int(box[0])
+        heads.setdefault(mailbox_id, (int(box[1]), int(box[2])))
         used[target.account_id] = (quota, current + size)
         planned.append((target, mailbox_id, size))
     requests = [r for r in queue if r.recipients]
@@ -167,7 +206,19 @@ def deliver(
         tx.drop_file(message.sha256)  # written before the job; gone unless referenced
     for target, mailbox_id, size in planned:
         flags = clean_flags(target.flags)
-        uid, _modseq = _insert(tx, mailbox_id, message.sha256, target.prefix, flags, now, size)
+        head = heads[mailbox_id]
+        uid, modseq = _insert(
+            tx,
+            mailbox_id,
+            target.account_id,
+            head,
+            message.sha256,
+            target.prefix,
+            flags,
+            now,
+            size,
+        )
+        heads[mailbox_id] = (uid + 1, modseq)
         delivered.append((target.account_id, mailbox_id, uid))
     queue_ids = tuple(_enqueue(tx, message, request, now) for request in requests)
     return DeliveryResult(
@@ -218,7 +269,11 @@ def append(
     size = len(message.data)
     check_quota(tx, mb.account_id, size, size)
     add_blob_ref(tx, message.sha256, message.data, message.meta, 1, inline_threshold)
-    uid, _ = _insert(tx, mailbox_id, message.sha256, b"", clean_flags(flags), internaldate, size)
+    head = (mb.uidnext, mb.highestmodseq)
+    cleaned = clean_flags(flags)
+    uid, _ = _insert(
+        tx, mailbox_id, mb.account_id, head, message.sha256, b"", cleaned, internaldate, size
+    )
     return mb.uidvalidity, uid
 
 

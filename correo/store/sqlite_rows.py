@@ -177,14 +177,22 @@ def add_blob_ref(
     """Count ``refs`` more references to a body, inserting its row if new.
 
     A new row for a body kept as a file makes sure the file is there (written by the
-    caller before the job, or now if a concurrent expunge removed it meanwhile).
+    caller before the job, or now if a concurrent expunge removed it meanwhile). An
+    inline body never needs that, so its upsert asks nothing back: RETURNING costs an
+    ephemeral table per statement, a third of the upsert's CPU for a 4 KB body.
     """
-    inline = len(data) <= inline_threshold
+    if len(data) <= inline_threshold:
+        tx.conn.execute(
+            "INSERT INTO blobs (sha, size, refcount, data, meta) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(sha) DO UPDATE SET refcount = refcount + excluded.refcount",
+            (sha, len(data), refs, data, meta),
+        )
+        return
     row = tx.conn.execute(
         "INSERT INTO blobs (sha, size, refcount, data, meta) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT(sha) DO UPDATE SET refcount = refcount + excluded.refcount"
         " RETURNING refcount, typeof(data) = 'null'",
-        (sha, len(data), refs, data if inline else None, meta),
+        (sha, len(data), refs, None, meta),
     ).fetchone()
     if row[0] == refs and row[1]:
         tx.blobs.write(sha, data)

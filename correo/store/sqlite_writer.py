@@ -1,11 +1,12 @@
 """Group commit: one thread owns the SQLite write connection (DESIGN.md principle 4).
 
 Async callers submit *jobs*, plain functions taking a :class:`WriteTx`. The writer thread
-takes every job waiting, runs them in ONE transaction with a SAVEPOINT around each (a
-job that raises is rolled back alone and its caller gets the exception), commits once
-(one WAL fsync with ``synchronous=FULL`` for the whole batch), and only then resolves each
-caller's future through ``loop.call_soon_threadsafe`` and publishes the batch's mailbox
-changes. So when an awaited write returns, it is durable.
+takes every job waiting, runs them in ONE transaction with a SAVEPOINT around each but
+the first (a job that raises is rolled back alone and its caller gets the exception; for
+the first, rolling back the transaction is the same thing), commits once (one WAL fsync
+with ``synchronous=FULL`` for the whole batch), and only then publishes the batch's
+mailbox changes and resolves each caller's future, in one ``loop.call_soon_threadsafe``
+per caller loop. So when an awaited write returns, it is durable.
 
 After the commit the writer removes blob files whose last reference went, inside a short
 ``BEGIN IMMEDIATE`` that re-checks the ``blobs`` table, so a concurrent job (in this or
@@ -19,6 +20,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -62,6 +64,9 @@ class _Job:
     """Run outside any transaction, between batches (backup, checkpoints)."""
 
 
+_Outcome = tuple[_Job, bool, Any, WriteTx | None]
+"""A job, whether it succeeded, its result or (mapped) exception, and its effects."""
+
 _STOP = object()
 
 
@@ -83,6 +88,21 @@ def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _complete(
+    hub: EventHub,
+    changes: tuple[tuple[int, int], ...],
+    results: list[tuple[asyncio.Future[Any], bool, Any]],
+) -> None:
+    """On a caller's loop: listeners first, then the callers, so other sessions learn of
+    a change before the writer's caller can answer OK to its client. One callback (one
+    self-pipe write, one loop wake-up) per loop and batch."""
+    try:
+        if changes:
+            hub.publish_many(changes)
+    finally:
+        _settle(results)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -139,31 +159,31 @@ class Writer:
     # ------------------------------------------------------------------ thread side
 
     def _run(self) -> None:
-        pending: list[_Job] = []
+        queue_ = self._queue
+        pending: deque[_Job] = deque()
         stopping = False
         while True:
             if not pending:
                 if stopping:
                     return
-                item = self._queue.get()
+                item = queue_.get()
                 if item is _STOP:
                     return
                 pending.append(item)
-            while len(pending) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            # empty() first: no queue.Empty raised and caught per batch (one consumer, so
+            # a queue not empty has an item for get_nowait)
+            while len(pending) < MAX_BATCH and not queue_.empty():
+                item = queue_.get_nowait()
                 if item is _STOP:
                     stopping = True
                     break
                 pending.append(item)
             if pending[0].exclusive:
-                self._run_exclusive(pending.pop(0))
+                self._run_exclusive(pending.popleft())
                 continue
             batch: list[_Job] = []
             while pending and not pending[0].exclusive:
-                batch.append(pending.pop(0))
+                batch.append(pending.popleft())
             try:
                 self._run_batch(batch)
             except BaseException:  # never let the thread die with callers waiting
@@ -187,16 +207,51 @@ class Writer:
             result = (job.future, False, _map(exc))
         _call_soon(job.loop, _settle, [result])
 
-    def _run_batch(self, batch: list[_Job]) -> None:
-        conn = self._conn
-        outcomes: list[tuple[_Job, bool, Any, WriteTx | None]] = []
+    def _begin(self, jobs: list[_Job]) -> bool:
+        """BEGIN IMMEDIATE for ``jobs``; if that fails, they fail with its error."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._fail(batch, map_error(exc))
+            self._fail(jobs, map_error(exc))
+            return False
+        return True
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        """Run ``batch`` in one transaction (a fresh one after SQLite rolled it back).
+
+        The first job of a transaction runs without a SAVEPOINT: if it raises, rolling
+        back the whole transaction undoes exactly its writes, as ``ROLLBACK TO`` would,
+        and the rest go on in a new transaction. Every later job gets a SAVEPOINT, so a
+        failure undoes it alone. A batch of one job thus costs BEGIN, the job, COMMIT.
+        """
+        conn = self._conn
+        outcomes: list[_Outcome] = []
+        if not self._begin(batch):
             return
-        for job in batch:
+        fresh = True  # the open transaction holds no job's writes (and no success)
+        for index, job in enumerate(batch):
             tx = WriteTx(conn, self._blobs)
+            if fresh:
+                try:
+                    value = job.fn(tx)
+                except BaseException as exc:
+                    outcomes.append((job, False, _map(exc), None))
+                    if conn.in_transaction:  # not when SQLite rolled back already (SQLITE_FULL)
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                    rest = batch[index + 1 :]
+                    if not rest:
+                        self._finish(outcomes, committed=False)
+                        return
+                    if not self._begin(rest):
+                        self._finish(outcomes, committed=False)
+                        return
+                    continue
+                outcomes.append((job, True, value, tx))
+                fresh = False
+                continue
             try:
                 conn.execute("SAVEPOINT job")
                 value = job.fn(tx)
@@ -218,12 +273,15 @@ class Writer:
                     outcomes = [(j, False, mapped if ok else v, None) for j, ok, v, _t in outcomes]
                     self._finish(outcomes, committed=False)
                     outcomes = []
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                    except sqlite3.Error as begin_exc:
-                        rest = batch[batch.index(job) + 1 :]
-                        self._fail(rest, map_error(begin_exc))
+                    if not self._begin(batch[index + 1 :]):
                         return
+                    fresh = True
+        self._commit(outcomes)
+
+    def _commit(self, outcomes: list[_Outcome]) -> None:
+        """COMMIT the open transaction; if that fails, the jobs that had succeeded fail
+        with its error (nothing of theirs is durable)."""
+        conn = self._conn
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -238,9 +296,7 @@ class Writer:
             return
         self._finish(outcomes, committed=True)
 
-    def _finish(
-        self, outcomes: list[tuple[_Job, bool, Any, WriteTx | None]], *, committed: bool
-    ) -> None:
+    def _finish(self, outcomes: list[_Outcome], *, committed: bool) -> None:
         changed: dict[int, int] = {}
         dropped: set[str] = set()
         if committed:
@@ -253,14 +309,12 @@ class Writer:
             self.jobs += len(outcomes)
         if dropped:
             self._remove_files(dropped)
+        changes = tuple(changed.items())
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, ok, value, _tx in outcomes:
             by_loop.setdefault(job.loop, []).append((job.future, ok, value))
         for loop, results in by_loop.items():
-            # Listeners first (same loop, FIFO): other sessions learn of the change before
-            # the writer's caller can answer OK to its client.
-            self._hub.publish_threadsafe(loop, changed.items())
-            _call_soon(loop, _settle, results)
+            _call_soon(loop, _complete, self._hub, changes, results)
 
     def _remove_files(self, shas: set[str]) -> None:
         """Unlink files whose rows are still gone, holding the write lock meanwhile."""
