@@ -11,8 +11,11 @@ Layout of the work:
 * ``blobs``: bodies above ``storage.inline_threshold`` as files; smaller ones inline in
   the ``blobs`` table, which saves a file fsync per message.
 
-One process at a time should serve a database (others, such as the CLI, may open it too:
-writes wait on SQLite's lock, and only a process alone on the blob directory sweeps it).
+Several processes may serve one database: ``correo serve`` and its SMTP worker processes
+(``correo.workers``); their writer threads, and the CLI, take turns on SQLite's own lock
+(a blocking ``flock`` around each batch was tried: it made batches smaller and delivery
+slower than SQLite's busy waiting, which lets jobs pile up into bigger group commits).
+Only a process alone on the blob directory sweeps it (the main process, at start).
 """
 
 from __future__ import annotations
