@@ -57,6 +57,11 @@ READY_TIMEOUT = 60.0
 """Seconds a worker has to open the store and start serving."""
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Pauses before restarting a worker that keeps dying (the last one repeats)."""
+CHANNEL_LINE_LIMIT = 1 << 20
+"""Longest channel line the main process reads; workers send far shorter ones
+(:data:`PAIRS_PER_LINE`)."""
+PAIRS_PER_LINE = 1000
+"""Mailbox changes per ``M`` line (a batch of many-recipient deliveries is split)."""
 
 
 class WorkerError(RuntimeError):
@@ -155,7 +160,11 @@ class WorkerPool:
         finally:
             child_end.close()
         worker.ready.clear()
-        reader, worker.channel = await asyncio.open_unix_connection(sock=parent_end)
+        if worker.channel is not None:  # the previous process's, on a restart
+            worker.channel.close()
+        reader, worker.channel = await asyncio.open_unix_connection(
+            sock=parent_end, limit=CHANNEL_LINE_LIMIT
+        )
         task = asyncio.create_task(self._listen(worker, reader))
         worker.tasks.add(task)
         task.add_done_callback(worker.tasks.discard)
@@ -270,8 +279,9 @@ class _Channel:
             self._writer.write(line)
 
     def changed(self, batch: tuple[tuple[int, int], ...]) -> None:
-        if batch:
-            self._send(b"M " + " ".join(f"{m}:{q}" for m, q in batch).encode() + b"\n")
+        for start in range(0, len(batch), PAIRS_PER_LINE):
+            part = batch[start : start + PAIRS_PER_LINE]
+            self._send(b"M " + " ".join(f"{m}:{q}" for m, q in part).encode() + b"\n")
 
     def wake(self) -> None:
         self._send(b"Q\n")
