@@ -98,6 +98,29 @@ def test_forwarding_through_a_worker_wakes_the_queue_runner(
     assert got.rcpts == ["someone@remote.test"]
 
 
+def test_connection_limits_hold_in_a_worker(make_mailserver: Any) -> None:
+    """Limits are per process: with one worker, the per-IP limit is exactly the
+    configured one (with N workers each applies it)."""
+    ms = make_mailserver("[smtp]\nworkers = 1\n[limits]\nmax_connections_per_ip = 2\n")
+    held = [smtplib.SMTP("127.0.0.1", ms.ports["smtp"], timeout=30) for _ in range(2)]
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", ms.ports["smtp"], timeout=30)
+        assert refused.value.smtp_code == 421
+    finally:
+        for client in held:
+            client.quit()
+
+    def free_again() -> bool:  # once the worker has seen those sessions end
+        try:
+            send(ms.ports["smtp"], 1)
+        except smtplib.SMTPConnectError:
+            return False
+        return True
+
+    wait_for(free_again, timeout=10)
+
+
 def test_a_killed_worker_is_replaced(make_mailserver: Any) -> None:
     ms = make_mailserver(WORKERS)
     pool = ms.server.workers
