@@ -79,6 +79,11 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\Z")
 _LABEL_UTF8_RE = re.compile(
     r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?\Z"
 )
+_ASCII_DOMAIN_RE = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\Z"
+)
+"""A whole ASCII Domain at once: labels of :data:`_LABEL_RE`, at most 63 octets each."""
 _TAG_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\Z")
 _DCONTENT_RE = re.compile(r"[\x21-\x5a\x5e-\x7e]+\Z")
 _QPAIR_RE = re.compile(r"\\(.)")
@@ -166,7 +171,10 @@ def normalize_domain(domain: str, *, smtputf8: bool = False) -> str:
         raise AddressError("domain too long")
     if domain.startswith("["):
         return _address_literal(domain)
-    if not domain.isascii() and not smtputf8:
+    if domain.isascii():
+        if _ASCII_DOMAIN_RE.match(domain):
+            return domain.lower()  # the common case: every label checked in one match
+    elif not smtputf8:
         raise AddressError("non-ASCII domain without SMTPUTF8", 553, "5.6.7")
     rx = _LABEL_UTF8_RE if smtputf8 else _LABEL_RE
     labels = domain.split(".")
@@ -247,6 +255,9 @@ def parse_mailbox(text: str, *, smtputf8: bool = False) -> Path:
 
 def _path_end(text: str) -> int:
     """Index of the ``>`` closing a path that starts with ``<`` (quotes respected)."""
+    gt = text.find(">", 1)
+    if gt > 0 and '"' not in text[1:gt]:
+        return gt  # no Quoted-string before the first ">": it closes the path
     i, n, quoted = 1, len(text), False
     while i < n:
         c = text[i]

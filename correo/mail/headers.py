@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import codecs
 import email.utils
 import re
@@ -85,6 +86,8 @@ def split_header_block(block: bytes) -> list[tuple[bytes, bytes]]:
     trailing WSP (``Subject :``, RFC 5322 §4.5 obs-optional) is trimmed.
     """
     fields: list[tuple[bytes, bytes]] = _FIELD_RE.findall(block)
+    if b" :" not in block and b"\t:" not in block:
+        return fields  # no name can end with WSP (the usual case)
     for i, (name, value) in enumerate(fields):
         if name[-1] in b" \t":
             fields[i] = (name.rstrip(b" \t"), value)
@@ -318,11 +321,45 @@ def encode_param_2231(value: str) -> str:
 # --------------------------------------------------------------------------- dates
 
 
+# RFC 5322 §3.3 date-time as virtually every client writes it, e.g.
+# "Fri, 27 Nov 2026 09:27:46 +0000 (UTC)": [day-of-week ","] day month year
+# hour ":" minute ":" second zone, single spaces, anything after the zone ignored.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH_NUMBER = {name: number for number, name in enumerate(_MONTHS, 1)}
+_DATE_RE = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?([0-9]{1,2}) ("
+    + "|".join(_MONTHS)
+    + r") ([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})(?= |\Z)"
+)
+
+
+def _parse_common_date(value: str) -> int | None:
+    """:func:`parse_date` for the common form above, computed as ``email.utils`` would
+    (``parsedate_tz`` then ``mktime_tz``), or None when ``value`` is not in that form."""
+    m = _DATE_RE.match(value)
+    if m is None:
+        return None
+    day, month, year, hour, minute, second, sign, zh, zm = m.groups()
+    yy = int(year)
+    if yy < 100:  # parsedate_tz's two-digit years, kept for the same answer
+        yy += 1900 if yy > 68 else 2000
+    offset = int(zh) * 3600 + int(zm) * 60
+    if sign == "-":
+        offset = -offset
+    stamp = calendar.timegm(
+        (yy, _MONTH_NUMBER[month], int(day), int(hour), int(minute), int(second))
+    )
+    return stamp - offset
+
+
 def parse_date(value: str) -> int | None:
     """RFC 5322 §3.3 date-time (and obsolete forms) → seconds since the epoch, or None."""
     if not value:
         return None
     try:
+        common = _parse_common_date(value)
+        if common is not None:
+            return common
         parsed = email.utils.parsedate_tz(readable(value))
         if parsed is None:
             return None

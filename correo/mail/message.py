@@ -79,6 +79,9 @@ class MessageMeta:
 
     def to_json(self) -> bytes:
         """Compact, stable JSON (ASCII; lone surrogates for raw octets escape safely)."""
+        headers = self.headers
+        # tuples encode as JSON arrays: a plain dict goes to the encoder as it is
+        hdrs = headers if type(headers) is dict else {k: list(v) for k, v in headers.items()}
         obj = {
             "v": META_VERSION,
             "size": self.size,
@@ -88,7 +91,7 @@ class MessageMeta:
             "b8": self.body_8bit,
             "env": self.envelope.to_obj(),
             "body": self.body.to_obj(),
-            "hdrs": {k: list(v) for k, v in self.headers.items()},
+            "hdrs": hdrs,
         }
         return _ENCODER.encode(obj).encode("ascii")
 
@@ -208,13 +211,16 @@ def _fallback(data: bytes) -> BodyPart:
     )
 
 
-def prepare(data: bytes) -> IncomingMessage:
+def prepare(data: bytes, *, crlf: bool = False) -> IncomingMessage:
     """Normalise, hash and parse a message for ``Store.deliver``/``append``.
 
     Line ends become CRLF (bare LF only; RFC 5321 §2.3.8), the SHA-256 names the blob,
-    and :func:`parse` builds the metadata. Any bytes give a valid result.
+    and :func:`parse` builds the metadata. Any bytes give a valid result. ``crlf`` says
+    the caller already guarantees CRLF line ends (SMTP message text after the DATA
+    reader or BDAT assembly, :mod:`correo.smtp.data`), so the scan for bare LFs is skipped.
     """
-    data = normalize_crlf(data)
+    if not crlf:
+        data = normalize_crlf(data)
     try:
         meta = parse(data)
     except Exception:

@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# TODO(after the SMTP session's import moves to correo.net.connection): drop this.
-__all__ = ["Connection", "IdleTimeout", "Runner", "bind_shared", "read_proxy_header"]
-
 # CPython's asyncio TLS transport allocates a read buffer of ``max_size`` (256 KiB) per
 # connection; 10,000 idle IMAP connections would pin 2.5 GiB. A TLS record is at most
 # 16 KiB of plaintext, so 32 KiB costs little throughput and an eighth of the memory.

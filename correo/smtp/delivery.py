@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from correo.mail.message import MessageMeta, prepare
+from correo.mail.message import MessageMeta, normalize_crlf, prepare
 from correo.queue import srs
 from correo.queue.bounce import LocalOutcome, delivered, report_local
 from correo.queue.runner import wake
@@ -101,11 +101,26 @@ def protocol_keyword(extended: bool, tls: bool, auth: bool, utf8: bool) -> str:
     return base + ("S" if tls else "") + ("A" if auth else "")
 
 
+_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
+_date_memo: tuple[int, str] = (-1, "")
+
+
+def _received_date(now: float) -> str:
+    """RFC 5322 §3.3 date-time in UTC for ``now``, made once per second: the field has a
+    resolution of one second and every message received in it says the same."""
+    global _date_memo
+    second = int(now)
+    memo = _date_memo
+    if memo[0] != second:
+        memo = _date_memo = (second, email.utils.formatdate(second, localtime=False))
+    return memo[1]
+
+
 def received_header(trace: Trace, mail: Mail, recipients: Sequence[Recipient]) -> bytes:
     """``Received: from helo ([ip]) by host (correo) with ESMTPS id X for <r>; date``."""
     # RFC 5321 §4.4 Extended-Domain: keep the claimed name, minus anything that could
     # break the field's syntax (comments, ";", non-ASCII)
-    helo = re.sub(r"[^A-Za-z0-9.\-:\[\]_]", "_", trace.helo) or "unknown"
+    helo = _HELO_UNSAFE.sub("_", trace.helo) or "unknown"
     ip = f"IPv6:{trace.ip}" if ":" in trace.ip else trace.ip
     with_ = protocol_keyword(trace.extended, bool(trace.tls), trace.authenticated, mail.smtputf8)
     lines = [f"Received: from {helo} ([{ip}])", f"\tby {trace.hostname} (correo)"]
@@ -115,7 +130,7 @@ def received_header(trace: Trace, mail: Mail, recipients: Sequence[Recipient]) -
     if len(recipients) == 1 and recipients[0].address != "postmaster":
         clause += f"\r\n\tfor <{recipients[0].address}>"
     lines.append(clause + ";")
-    lines.append("\t" + email.utils.formatdate(time.time(), localtime=False))
+    lines.append("\t" + _received_date(time.time()))
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
@@ -251,7 +266,10 @@ async def deliver(
     recipients: Sequence[Recipient],
     text: bytes,
 ) -> Reply:
-    """Store ``text`` for every recipient in one transaction; the reply to send."""
+    """Store ``text`` for every recipient in one transaction; the reply to send.
+
+    ``text`` is message text as the DATA reader or BDAT assembly hand it over
+    (:mod:`correo.smtp.data`): CRLF line ends only, no bare LF (RFC 5321 §2.3.8)."""
     store = ctx.store
     names = header_names(text)
     hops = names.count(b"received")
@@ -261,11 +279,15 @@ async def deliver(
     head = received_header(trace, mail, recipients)
     if trace.submission:
         head += submission_fixups(names, trace.hostname)
-    message = prepare(head + text)
+    # the text is CRLF already (see above): only our own lines could need it
+    message = prepare(normalize_crlf(head) + text, crlf=True)
 
-    loops = forwarding_loops(message, recipients)
-    looping = [(r, alias) for r, alias in zip(recipients, loops, strict=True) if alias]
-    live = [r for r, alias in zip(recipients, loops, strict=True) if not alias]
+    looping: list[tuple[Recipient, str]] = []
+    live: Sequence[Recipient] = recipients
+    if any(r.loop_guard for r in recipients):  # else nothing can loop: no header to read
+        loops = forwarding_loops(message, recipients)
+        looping = [(r, alias) for r, alias in zip(recipients, loops, strict=True) if alias]
+        live = [r for r, alias in zip(recipients, loops, strict=True) if not alias]
     for rcpt, alias in looping:
         log.warning(
             "[%s] forwarding loop: <%s> via %s already in Delivered-To (from <%s>)",

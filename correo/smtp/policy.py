@@ -41,6 +41,7 @@ at each accepted RCPT) answer 450 4.7.1 so a stolen password cannot spray.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ class _Expansion:
     remote: dict[str, None] = field(default_factory=dict)
     forwards: dict[str, Forward] = field(default_factory=dict)
     guard: set[str] = field(default_factory=set)
+    accounts: dict[int, Account] = field(default_factory=dict)
+    """The rows behind ``local``, as read while resolving (the quota check uses them
+    rather than reading each account again in the same RCPT)."""
 
     def empty(self) -> bool:
         return not (self.local or self.remote or self.forwards)
@@ -146,9 +150,7 @@ class Policy:
         self.settings = settings
         self.store = store
         self.counters = counters
-        self._trusted = tuple(
-            ipaddress.ip_network(n, strict=False) for n in settings.smtp.trusted_networks
-        )
+        self._trusted = _networks(settings.smtp.trusted_networks)
 
     # ------------------------------------------------------------------ clients
     def trusted(self, ip: str) -> bool:
@@ -220,7 +222,8 @@ class Policy:
         if (remote or forwards) and not QUEUE_AVAILABLE:
             return replies.R451_NO_QUEUE
         if len(local) == 1 and not remote and not forwards:
-            refusal = await self._quota(local[0].account_id, declared_size)
+            account_id = local[0].account_id
+            refusal = await self._quota(account_id, declared_size, found.accounts.get(account_id))
             if refusal is not None:
                 return refusal
         account = client.account
@@ -253,8 +256,13 @@ class Policy:
         except _Unresolved:
             return False
 
-    async def _quota(self, account_id: int, declared_size: int | None) -> Reply | None:
-        account = await self.store.get_account_by_id(account_id)
+    async def _quota(
+        self, account_id: int, declared_size: int | None, account: Account | None = None
+    ) -> Reply | None:
+        """RFC 1870 §6.1 / RFC 3463 X.2.2: the declared SIZE against the account's quota.
+        ``account`` is the row this RCPT already read, if any (else it is read here)."""
+        if account is None:
+            account = await self.store.get_account_by_id(account_id)
         if account is None or not account.quota:
             return None
         if declared_size is not None and declared_size > account.quota:
@@ -323,9 +331,8 @@ class Policy:
             log.warning("alias expansion of %r deeper than %d", address, depth - 1)
             raise _Unresolved(replies.R550_NO_SUCH_USER.with_text("Alias loop"))
         domain = address.rpartition("@")[2]
-        candidates = [address]
-        if _base(address) != address:
-            candidates.append(_base(address))
+        base = _base(address)
+        candidates = (address,) if base == address else (address, base)
         for candidate in candidates:
             if candidate not in seen:
                 alias = await self.store.get_alias(candidate)
@@ -335,7 +342,9 @@ class Policy:
                     return True
             account = await self.store.get_account(candidate)
             if account is not None:  # disabled accounts still receive (issue 2)
-                out.local.setdefault(account.id, LocalTarget(account.id, account.address))
+                if account.id not in out.local:
+                    out.local[account.id] = LocalTarget(account.id, account.address)
+                    out.accounts[account.id] = account
                 return True
         catch_all = f"@{domain}"
         if catch_all not in seen:
@@ -386,6 +395,13 @@ class Policy:
             domain or "the bare <Postmaster>",
         )
         raise _Unresolved(replies.R451_POSTMASTER_UNSET)
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(specs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``[smtp] trusted_networks`` parsed, once per distinct setting rather than once per
+    connection (a pure function of the configured strings: nothing to go stale)."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in specs)
 
 
 def _base(address: str) -> str:

@@ -12,17 +12,24 @@ client retries), 5yz will never work as sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One SMTP reply, possibly multi-line (``lines`` joined with ``code-`` prefixes)."""
+    """One SMTP reply, possibly multi-line (``lines`` joined with ``code-`` prefixes).
+
+    The wire forms are rendered once per reply object and kept (most replies are module
+    constants, sent over and over); the cache takes no part in equality or ``repr``."""
 
     code: int
     enhanced: str
     """``"5.1.1"`` (RFC 3463), or ``""`` for replies that carry none."""
     lines: tuple[str, ...]
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    """:meth:`render` with the enhanced code, once computed."""
+    _wire_plain: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    """:meth:`render` without it (greeting, HELO/EHLO: RFC 2034 §3), once computed."""
 
     @property
     def positive(self) -> bool:
@@ -36,12 +43,25 @@ class Reply:
 
     def render(self, enhanced: bool = True) -> bytes:
         """Wire form, ``250-first\\r\\n250 last\\r\\n`` (RFC 5321 §4.2.1)."""
-        prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
-        out = []
+        if enhanced:
+            wire = self._wire
+            if wire is None:
+                wire = self._render(f"{self.enhanced} " if self.enhanced else "")
+                object.__setattr__(self, "_wire", wire)
+            return wire
+        wire = self._wire_plain
+        if wire is None:
+            wire = self._render("")
+            object.__setattr__(self, "_wire_plain", wire)
+        return wire
+
+    def _render(self, prefix: str) -> bytes:
+        code = self.code
         last = len(self.lines) - 1
-        for i, line in enumerate(self.lines):
-            sep = " " if i == last else "-"
-            out.append(f"{self.code}{sep}{prefix}{line}\r\n")
+        out = [
+            f"{code}{' ' if i == last else '-'}{prefix}{line}\r\n"
+            for i, line in enumerate(self.lines)
+        ]
         return "".join(out).encode("utf-8", "replace")
 
     def with_text(self, *lines: str) -> Reply:

@@ -18,11 +18,12 @@ commands with AUTH data redacted and no message text.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from correo.auth.sasl import Challenge, Credentials, SaslError, SaslErrorKind, SaslExchange
 from correo.auth.service import AuthReason
-from correo.net.runner import IdleTimeout
+from correo.net.connection import IdleTimeout
 from correo.smtp import commands as c
 from correo.smtp import delivery, replies
 from correo.smtp.policy import SUBMISSION_SERVICES, Client, Counters, Policy, Recipient
@@ -32,12 +33,19 @@ from correo.store.base import Account, TemporaryStoreError
 
 if TYPE_CHECKING:
     from correo.context import Context
-    from correo.net.runner import Connection
+    from correo.net.connection import Connection
 
 BUSY = replies.R421_BUSY.render()
 SHUTDOWN = replies.R421_SHUTDOWN.render()
 
 _FLUSH_AT = 64 * 1024
+_DATA, _CLOSED = State.DATA, State.CLOSED
+"""As module constants: ``State.X`` costs a trip through the enum metaclass each time."""
+
+_REPLY_CACHE: dict[tuple[object, ...], Reply] = {}
+"""Greeting, HELO and EHLO replies by everything they are made of (so never stale): the
+same few objects are sent to every client, and a Reply keeps its rendered bytes."""
+_REPLY_CACHE_MAX = 64
 
 _SASL_REPLIES = {
     SaslErrorKind.CANCELLED: replies.R501_AUTH_CANCELLED,
@@ -63,6 +71,14 @@ def counters(ctx: Context) -> Counters:
     return found
 
 
+def _remember(key: tuple[object, ...], reply: Reply) -> Reply:
+    """Keep ``reply`` in :data:`_REPLY_CACHE` (bounded: settings change rarely, if ever)."""
+    if len(_REPLY_CACHE) >= _REPLY_CACHE_MAX:
+        _REPLY_CACHE.clear()
+    _REPLY_CACHE[key] = reply
+    return reply
+
+
 class SmtpSession:
     def __init__(self, conn: Connection, ctx: Context) -> None:
         self.conn = conn
@@ -79,35 +95,45 @@ class SmtpSession:
         self.mail: c.Mail | None = None
         self.recipients: list[Recipient] = []
         self.sasl: SaslExchange | None = None
-        self._out = bytearray()
+        self._out: list[bytes] = []
+        """Replies not yet written (a pipelined group's, RFC 2920 §3.2)."""
+        self._out_size = 0
+        self._client: Client | None = None
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
         conn = self.conn
         conn.set_timeout(self.settings.limits.smtp_timeout)
         s = self.settings
-        self._send(replies.reply(220, "", f"{s.hostname} {s.smtp.banner}"))
+        key = ("greeting", s.hostname, s.smtp.banner)
+        greeting = _REPLY_CACHE.get(key)
+        if greeting is None:
+            greeting = _remember(key, replies.reply(220, "", f"{s.hostname} {s.smtp.banner}"))
+        self._send(greeting)
         try:
             await self._loop()
         except IdleTimeout:
-            self._out += replies.R421_TIMEOUT.render()
+            self._out.append(replies.R421_TIMEOUT.render())
             await self._flush()
             raise
 
     async def _loop(self) -> None:
         conn, proto = self.conn, self.proto
+        logger = conn.log.logger  # the adapter's own level test, without the indirection
         while True:
             event = proto.next_event()
             if event is NEED_DATA:
-                await self._flush()
+                if self._out:
+                    await self._flush()
                 proto.receive_data(await conn.read())
                 continue
             assert not isinstance(event, NeedData)
             if isinstance(event, c.Closed):
-                if proto.state is State.DATA or self.mail is not None:
+                if proto.state is _DATA or self.mail is not None:
                     conn.log.info("client left in a transaction; nothing stored")
                 return
-            self._trace(event)
+            if logger.isEnabledFor(logging.DEBUG):
+                self._trace(event)
             try:
                 reply = await self._dispatch(event)
             except Exception:  # DESIGN.md principle 7: log it, answer 4xx, carry on
@@ -116,32 +142,35 @@ class SmtpSession:
                 self.sasl = None
                 reply = replies.R451_LOCAL_ERROR
             self._send(reply)
-            if proto.state is State.CLOSED:
+            if proto.state is _CLOSED:
                 await self._flush()
                 return
             if isinstance(event, c.StartTls) and reply.code == 220:
                 await self._flush()
                 await conn.start_tls()
                 self._forget()
-            elif proto.flush_now or len(self._out) >= _FLUSH_AT:
+            elif proto.flush_now or self._out_size >= _FLUSH_AT:
                 await self._flush()
 
     def _send(self, reply: Reply) -> None:
         wire = self.proto.send(reply)
-        self._out += wire
+        self._out.append(wire)
+        self._out_size += len(wire)
         if wire.startswith(b"421"):  # ours, or the core's "too many errors"
             self.conn.log.info("closing: %s", wire.decode("utf-8", "replace").rstrip())
 
     async def _flush(self) -> None:
-        if self._out:
-            self.conn.write(bytes(self._out))
-            self._out.clear()
+        out = self._out
+        if out:
+            # usually one reply: written as the (cached) bytes it is, no copy
+            self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            self._out_size = 0
             await self.conn.drain()
 
     def _trace(self, event: c.Event) -> None:
+        """The DEBUG trace of one command (AUTH data and message text left out)."""
         log = self.conn.log
-        if not log.isEnabledFor(10):
-            return
         if isinstance(event, c.Auth):
             log.debug("< AUTH %s%s", event.mechanism, " <redacted>" if event.initial else "")
         elif isinstance(event, c.AuthResponse):
@@ -153,7 +182,11 @@ class SmtpSession:
 
     @property
     def client(self) -> Client:
-        return Client(self.conn.peer_ip, self.conn.service.name, self.account)
+        """The policy's view of the client; made again when the account changes."""
+        found = self._client
+        if found is None or found.account is not self.account:
+            found = self._client = Client(self.conn.peer_ip, self.conn.service.name, self.account)
+        return found
 
     def _reset(self) -> None:
         self.mail = None
@@ -168,32 +201,32 @@ class SmtpSession:
 
     # ------------------------------------------------------------------ commands
     async def _dispatch(self, event: c.Event) -> Reply:
-        match event:
-            case c.Invalid(reply=reply):
-                if reply.code >= 500:
-                    self.conn.log.info(
-                        "refused %r: %s %s", event.verb or "line", reply.code, reply.lines[0]
-                    )
-                return reply
-            case c.Hello():
-                return self._hello(event)
+        match event:  # the event classes are disjoint: the most frequent come first
             case c.Mail():
                 return await self._mail(event)
             case c.Rcpt():
                 return await self._rcpt(event)
             case c.Data():
                 return replies.R354_DATA
-            case c.Bdat(size=size):
-                return replies.r250_chunk(size)
             case c.Message():
                 return await self._message(event)
+            case c.Hello():
+                return self._hello(event)
+            case c.Quit():
+                return replies.R221_BYE
+            case c.Invalid(reply=reply):
+                if reply.code >= 500:
+                    self.conn.log.info(
+                        "refused %r: %s %s", event.verb or "line", reply.code, reply.lines[0]
+                    )
+                return reply
+            case c.Bdat(size=size):
+                return replies.r250_chunk(size)
             case c.Rset():
                 self._reset()
                 return replies.R250_RESET
             case c.Noop():
                 return replies.R250_OK
-            case c.Quit():
-                return replies.R221_BYE
             case c.Vrfy(argument=arg):
                 return await self._vrfy(arg)
             case c.Expn():
@@ -214,26 +247,38 @@ class SmtpSession:
         return self.submission and self.account is None and self.conn.tls
 
     def _hello(self, event: c.Hello) -> Reply:
+        """RFC 5321 §4.1.1.1 HELO/EHLO; EHLO lists the service extensions offered (§2.2.2).
+
+        The replies are shared: one object per distinct set of lines, bytes rendered once."""
         self.helo = event.domain
         self._reset()
         host = self.settings.hostname
         if not event.extended:
-            return replies.Reply(250, "", (host,))
+            key: tuple[object, ...] = ("HELO", host)
+            found = _REPLY_CACHE.get(key)
+            return found if found is not None else _remember(key, replies.Reply(250, "", (host,)))
+        size = self.settings.limits.max_message_size
+        starttls = not self.conn.tls and self.conn.tls_available
+        auth = self._auth_offered()
+        key = ("EHLO", host, size, starttls, auth)
+        found = _REPLY_CACHE.get(key)
+        if found is not None:
+            return found
         lines = [
             host,
             "PIPELINING",
-            f"SIZE {self.settings.limits.max_message_size}",
+            f"SIZE {size}",
             "8BITMIME",
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
             "DSN",
         ]
-        if not self.conn.tls and self.conn.tls_available:
+        if starttls:
             lines.append("STARTTLS")
-        if self._auth_offered():
+        if auth:
             lines.append("AUTH PLAIN LOGIN")
-        return replies.Reply(250, "", tuple(lines))
+        return _remember(key, replies.Reply(250, "", tuple(lines)))
 
     async def _mail(self, event: c.Mail) -> Reply:
         try:
