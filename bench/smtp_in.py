@@ -202,7 +202,8 @@ def smtp_bench(host: str, port: int, to: str, postfix_conf: str = "") -> str:
         check=False,
     )
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
-    return "\n".join("  " + ln for ln in lines[-3:])
+    shown = [ln for ln in lines if ln.startswith(("run ", "RESULT"))] or lines[-3:]
+    return "\n".join("  " + ln for ln in shown)
 
 
 def main() -> None:
