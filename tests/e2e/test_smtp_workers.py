@@ -11,6 +11,7 @@ workers do not outlive their main process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import sqlite3
@@ -23,8 +24,10 @@ from typing import Any
 
 import pytest
 import test_queue_relay
+import test_real_clients_smtp as real
 from imapclient import IMAPClient
 from test_queue_relay import inbox, wait_for
+from test_real_clients import USER, describe, need_swaks_tls, texts
 
 from correo import config
 from correo.queue import runner as queue_runner
@@ -78,6 +81,22 @@ def test_idle_in_the_main_process_sees_a_worker_delivery(make_mailserver: Any) -
         imap.idle_done()
         assert (1, b"EXISTS") in seen
         assert time.monotonic() - started < 3
+
+
+def test_swaks_starttls_through_a_worker(make_mailserver: Any, tmp_path: Path) -> None:
+    """A real MTA-like client on the shared port: STARTTLS (RFC 3207) is served by the
+    worker with the main process's certificate, and the Received field says so."""
+    need_swaks_tls()
+    ms = make_mailserver(WORKERS)
+    data = real.message("worker-tls")
+    proc = real.swaks(
+        ms, "smtp", "-tls", "--tls-verify", "--tls-ca-path", str(ms.cafile), "--tls-sni",
+        "localhost", "--from", "carol@elsewhere.test", "--to", USER,
+        "--data", real.data_file(tmp_path, data),
+    )  # fmt: skip
+    assert proc.returncode == 0, describe(proc)
+    (text,) = texts(ms, ms.alice)
+    assert re.search(rb"\t\(using TLSv1\.[23] [A-Z0-9_-]+\)\r\n\twith ESMTPS id ", text)
 
 
 def test_forwarding_through_a_worker_wakes_the_queue_runner(
