@@ -15,6 +15,7 @@ import re
 import signal
 import smtplib
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -25,11 +26,13 @@ from typing import Any
 import pytest
 import test_queue_relay
 import test_real_clients_smtp as real
+from cryptography import x509
 from imapclient import IMAPClient
 from test_queue_relay import inbox, wait_for
 from test_real_clients import USER, describe, need_swaks_tls, texts
 
 from correo import config
+from correo.net.tls import make_self_signed
 from correo.queue import runner as queue_runner
 from correo.server import Server
 from correo.workers import WorkerError
@@ -97,6 +100,40 @@ def test_swaks_starttls_through_a_worker(make_mailserver: Any, tmp_path: Path) -
     assert proc.returncode == 0, describe(proc)
     (text,) = texts(ms, ms.alice)
     assert re.search(rb"\t\(using TLSv1\.[23] [A-Z0-9_-]+\)\r\n\twith ESMTPS id ", text)
+
+
+def starttls_subject(port: int) -> str:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.starttls(context=ctx)
+        sock = client.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        der = sock.getpeercert(binary_form=True)
+        assert der is not None
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def test_sighup_reaches_the_workers(make_mailserver: Any, tmp_path: Path) -> None:
+    """A renewed certificate (SIGHUP: Server.reload_tls) is used by new STARTTLS
+    handshakes in every worker, not only in the main process."""
+    cert, key = tmp_path / "mx.pem", tmp_path / "mx.key"
+    make_self_signed("first.example.test", cert, key)
+    ms = make_mailserver(WORKERS + f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    port = ms.ports["smtp"]
+    assert {starttls_subject(port) for _ in range(6)} == {"CN=first.example.test"}
+    make_self_signed("renewed.example.test", cert, key)
+
+    async def hup() -> None:
+        ms.server.reload_tls()
+
+    ms.run(hup())
+    # the kernel spreads connections over both workers: eight in a row all renewed
+    wait_for(
+        lambda: {starttls_subject(port) for _ in range(8)} == {"CN=renewed.example.test"},
+        timeout=10,
+    )
 
 
 def test_forwarding_through_a_worker_wakes_the_queue_runner(
