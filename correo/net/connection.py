@@ -186,8 +186,9 @@ class Connection:
         deadline = self._loop.time() + self.timeout
         self._deadline = deadline
         self._blocked = True
-        if self._task is None:
-            self._task = asyncio.current_task()
+        # the task waiting now: usually the session's, but IMAP IDLE reads in a task of
+        # its own (RFC 2177) and that one must get the IdleTimeout
+        self._task = asyncio.current_task()
         dog = self._watchdog
         if dog is None or dog.when() > deadline:  # none yet, or the timeout was shortened
             if dog is not None:

@@ -17,7 +17,7 @@ import pytest
 
 from correo import config
 from correo.context import Context
-from correo.net.connection import Connection, Service
+from correo.net.connection import Connection, IdleTimeout, Service
 from correo.net.proxy import build_v1, build_v2
 from correo.net.runner import Runner
 from correo.net.tls import TlsContexts
@@ -41,6 +41,14 @@ async def echo(conn: Connection, ctx: Context) -> None:
             elif line == b"SHORT":
                 conn.set_timeout(0.3)
                 conn.write(b"OK\r\n")
+            elif line == b"TASKREAD":  # read from another task, as IMAP IDLE does
+                reading = asyncio.ensure_future(conn.read())
+                await asyncio.wait({reading})  # unlike await, wait() does not pass a
+                try:  # cancellation of this task on to the reading one
+                    reading.result()
+                except IdleTimeout:
+                    conn.write(b"TIMED OUT IN TASK\r\n")
+                    return
             else:
                 conn.write(b"ECHO " + line + b"\r\n")
 
@@ -133,6 +141,21 @@ async def test_activity_postpones_the_idle_timeout(echo_server: tuple[Runner, in
     quiet = loop.time()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     assert 0.25 <= loop.time() - quiet < 2
+    writer.close()
+
+
+async def test_idle_timeout_reaches_a_read_in_another_task(
+    echo_server: tuple[Runner, int],
+) -> None:
+    """IMAP IDLE waits for input in a task of its own: the timeout is raised there (and
+    the session answers), not by cancelling the session's main task."""
+    _, port = echo_server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await line(reader)
+    writer.write(b"SHORT\r\nTASKREAD\r\n")
+    assert await line(reader) == b"OK\r\n"
+    assert await line(reader) == b"TIMED OUT IN TASK\r\n"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
 
 
