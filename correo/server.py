@@ -23,6 +23,7 @@ from correo.auth.limits import FailureLimiter
 from correo.config import HostPort, Settings
 from correo.context import Context
 from correo.net.connection import Service
+from correo.net.limits import ConnectionCounts
 from correo.net.runner import Runner
 from correo.net.tls import TlsContexts
 from correo.store.base import Store
@@ -112,6 +113,11 @@ class Server:
                 continue
             await runner.listen(_service(name, spec), addresses)
         if self.workers is not None:
+            # the limits hold for the main process and the workers together
+            lim = s.limits
+            runner.counts = ConnectionCounts(
+                lim.max_connections, lim.max_connections_per_ip, self.workers.table, row=0
+            )
             await self.workers.spawn_all()  # they wait for the store (WorkerPool.start)
         if os.geteuid() == 0 and s.server.user:
             # Import the store backend while still privileged: after the switch the

@@ -28,9 +28,10 @@ restarted; SIGHUP (new TLS certificates) is passed on; at shutdown each gets SIG
 finishes its sessions like the main process. A worker whose main process disappears
 (its channel reaches EOF) stops too.
 
-Limits kept in memory are per process: ``[limits] max_connections`` and
-``max_connections_per_ip`` apply to each worker separately (the MX listener has no
-AUTH, so the login failure limits are not involved).
+Connection limits (``[limits] max_connections``, ``max_connections_per_ip``) hold for
+the main process and the workers together, through a shared-memory table of counts
+(``correo.net.limits``). The MX listener has no AUTH, so the login failure limits are
+not involved.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from correo.config import HostPort, Settings
+from correo.net.limits import ConnectionCounts, SharedTable
 
 if TYPE_CHECKING:
     from correo.context import Context
@@ -88,6 +90,8 @@ class WorkerPool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.count = settings.smtp.workers
+        self.table = SharedTable.create(self.count + 1)
+        """Connection counts: row 0 is the main process's, row i + 1 worker i's."""
         self._workers: list[_Worker] = []
         self._ctx: Context | None = None
         self._stopping = False
@@ -147,8 +151,8 @@ class WorkerPool:
     # ---------------------------------------------------------------- processes
     async def _spawn(self, worker: _Worker) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = [child_end.fileno()] + [s.fileno() for _a, s in worker.sockets]
-        args = [str(worker.index), str(child_end.fileno())]
+        fds = [child_end.fileno(), self.table.fd] + [s.fileno() for _a, s in worker.sockets]
+        args = [str(worker.index), str(child_end.fileno()), f"{self.table.fd}:{self.table.rows}"]
         args += [f"{s.fileno()}={addr}" for addr, s in worker.sockets]
         try:
             worker.proc = await asyncio.create_subprocess_exec(
@@ -202,6 +206,7 @@ class WorkerPool:
             proc = worker.proc
             assert proc is not None
             code = await proc.wait()
+            self.table.clear_row(worker.index + 1)  # its connections died with it
             if self._stopping:
                 return
             delay = RESTART_DELAYS[min(worker.failures, len(RESTART_DELAYS) - 1)]
@@ -256,6 +261,7 @@ class WorkerPool:
                 worker.channel.close()
             for _addr, sock in worker.sockets:
                 sock.close()
+        self.table.close_fd()
 
 
 def _pairs(text: bytes) -> list[tuple[int, int]]:
@@ -322,7 +328,9 @@ class _Channel:
         self._send(b"R\n")
 
 
-async def _serve(index: int, settings: Settings, channel_fd: int, listeners: list[str]) -> None:
+async def _serve(
+    index: int, settings: Settings, channel_fd: int, table: SharedTable, listeners: list[str]
+) -> None:
     from correo.auth.service import Authenticator
     from correo.context import Context
     from correo.net.runner import Runner
@@ -354,6 +362,10 @@ async def _serve(index: int, settings: Settings, channel_fd: int, listeners: lis
     if isinstance(hub, EventHub):  # SQLite; PostgreSQL's NOTIFY reaches every process
         hub.tap(channel.changed)
     runner = Runner(settings, tls)
+    limits = settings.limits
+    runner.counts = ConnectionCounts(
+        limits.max_connections, limits.max_connections_per_ip, table, row=index + 1
+    )
     service = _service("smtp", SERVICES["smtp"])
     for item in listeners:
         fd, _, addr = item.partition("=")
@@ -384,10 +396,14 @@ def _split(addr: str) -> tuple[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m correo.workers INDEX CHANNEL_FD FD=HOST:PORT ...`` (from WorkerPool)."""
+    """``python -m correo.workers INDEX CHANNEL_FD TABLE_FD:ROWS FD=HOST:PORT ...``
+    (from :class:`WorkerPool`)."""
     # Ctrl-C in a terminal reaches the whole process group; the main process decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    index, channel_fd, listeners = int(argv[0]), int(argv[1]), argv[2:]
+    index, channel_fd, listeners = int(argv[0]), int(argv[1]), argv[3:]
+    table_fd, _, rows = argv[2].partition(":")
+    table = SharedTable(int(table_fd), int(rows))
+    table.close_fd()  # the mapping keeps what it needs
     # imported while still privileged (the interpreter may be unreadable afterwards)
     import correo.server
     import correo.smtp.session
@@ -405,7 +421,7 @@ def main(argv: list[str]) -> int:
 
     configure_logging(settings.server.log_level)
     install_event_loop_policy()
-    asyncio.run(_serve(index, settings, channel_fd, listeners))
+    asyncio.run(_serve(index, settings, channel_fd, table, listeners))
     return 0
 
 

@@ -26,6 +26,7 @@ from correo.net.connection import (
     ServerShutdown,
     Service,
 )
+from correo.net.limits import ConnectionCounts
 from correo.net.proxy import MAX_V2_LENGTH, ProxyHeaderError
 from correo.net.proxy import parse as parse_proxy
 
@@ -79,7 +80,10 @@ class Runner:
         self.stopping = False
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: dict[asyncio.Task[None], Connection] = {}
-        self._per_ip: dict[str, int] = {}
+        self.counts = ConnectionCounts(
+            settings.limits.max_connections, settings.limits.max_connections_per_ip
+        )
+        """The connection limits; shared with the SMTP workers when there are some."""
         self._proxy_networks = [
             ipaddress.ip_network(n) for n in settings.listen.proxy_protocol_from
         ]
@@ -257,13 +261,8 @@ class Runner:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        limits = self.settings.limits
         assert self.ctx is not None
-        if (
-            self.stopping
-            or len(self._tasks) >= limits.max_connections
-            or self._per_ip.get(ip, 0) >= limits.max_connections_per_ip
-        ):
+        if self.stopping or not self.counts.admit(ip):
             log.info("refused %s:%s on %s: connection limit", ip, peer[1], service.name)
             try:
                 writer.write(service.busy)
@@ -276,7 +275,6 @@ class Runner:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = conn
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         conn.log.info(
             "connect from %s:%s to %s%s", ip, peer[1], service.name, " tls" if conn.tls else ""
         )
@@ -298,11 +296,7 @@ class Runner:
             conn.log.exception("session crashed")
         finally:
             self._tasks.pop(task, None)
-            n = self._per_ip.get(ip, 1) - 1
-            if n:
-                self._per_ip[ip] = n
-            else:
-                self._per_ip.pop(ip, None)
+            self.counts.release(ip)
             conn.disarm()
             await conn.close()
             conn.log.info("disconnect")

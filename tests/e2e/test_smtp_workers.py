@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -154,22 +155,29 @@ def test_forwarding_through_a_worker_wakes_the_queue_runner(
     assert got.rcpts == ["someone@remote.test"]
 
 
-def test_connection_limits_hold_in_a_worker(make_mailserver: Any) -> None:
-    """Limits are per process: with one worker, the per-IP limit is exactly the
-    configured one (with N workers each applies it)."""
-    ms = make_mailserver("[smtp]\nworkers = 1\n[limits]\nmax_connections_per_ip = 2\n")
-    held = [smtplib.SMTP("127.0.0.1", ms.ports["smtp"], timeout=30) for _ in range(2)]
+def test_connection_limits_hold_across_processes(make_mailserver: Any) -> None:
+    """max_connections_per_ip counts the client's connections in every process: two on
+    the MX port (wherever the kernel put them) and one to IMAP in the main process use
+    up a limit of 3, so both another MX and another IMAP connection are refused."""
+    ms = make_mailserver("[smtp]\nworkers = 2\n[limits]\nmax_connections_per_ip = 3\n")
+    port = ms.ports["smtp"]
+    held = [smtplib.SMTP("127.0.0.1", port, timeout=30) for _ in range(2)]
+    imap = IMAPClient(ms.host, port=ms.ports["imap"], ssl=False)
     try:
-        with pytest.raises(smtplib.SMTPConnectError) as refused:
-            smtplib.SMTP("127.0.0.1", ms.ports["smtp"], timeout=30)
-        assert refused.value.smtp_code == 421
+        for _ in range(4):  # each attempt may land on either worker
+            with pytest.raises(smtplib.SMTPConnectError) as refused:
+                smtplib.SMTP("127.0.0.1", port, timeout=30)
+            assert refused.value.smtp_code == 421
+        with socket.create_connection((ms.host, ms.ports["imap"]), timeout=30) as extra:
+            assert extra.recv(200).startswith(b"* BYE")
     finally:
         for client in held:
             client.quit()
+        imap.logout()
 
-    def free_again() -> bool:  # once the worker has seen those sessions end
+    def free_again() -> bool:  # once the processes have seen those sessions end
         try:
-            send(ms.ports["smtp"], 1)
+            send(port, 1)
         except smtplib.SMTPConnectError:
             return False
         return True
