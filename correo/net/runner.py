@@ -271,7 +271,12 @@ class Runner:
                 pass
             writer.close()
             return
-        conn = Connection(reader, writer, service, listener, self, (ip, int(peer[1])))
+        try:
+            conn = Connection(reader, writer, service, listener, self, (ip, int(peer[1])))
+        except BaseException:
+            self.counts.release(ip)
+            writer.close()
+            raise
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = conn
