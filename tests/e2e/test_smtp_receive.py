@@ -19,10 +19,12 @@ SMTP_ONLY = "[listen]\npop3 = []\npop3s = []\nimap = []\nimaps = []\n"
 """Only the SMTP listeners: these tests do not depend on the other protocols."""
 
 
-@pytest.fixture
-def mailserver(make_mailserver: Any) -> Any:
-    """The shared fixture's server, SMTP listeners only."""
-    return make_mailserver(SMTP_ONLY)
+@pytest.fixture(params=["main-process", "workers"])
+def mailserver(make_mailserver: Any, request: pytest.FixtureRequest) -> Any:
+    """The shared fixture's server, SMTP listeners only; each test runs with the MX port
+    served by the main process and by worker processes (``[smtp] workers``)."""
+    workers = "[smtp]\nworkers = 2\n" if request.param == "workers" else ""
+    return make_mailserver(SMTP_ONLY + workers)
 
 
 @pytest.fixture
