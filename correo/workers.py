@@ -345,7 +345,7 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     if os.geteuid() == 0 and settings.server.user:
         drop_privileges(settings.server.user)
-    store = await open_store(settings)
+    store = await open_store(settings, listen=False)  # it writes, it never watches
     tls = TlsContexts(settings.tls) if settings.tls.cert else None
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
@@ -359,7 +359,8 @@ async def _serve(
     channel = _Channel(writer)
     ctx.extras[EXTRAS_KEY] = channel
     hub = getattr(store, "events", None)
-    if isinstance(hub, EventHub):  # SQLite; PostgreSQL's NOTIFY reaches every process
+    # SQLite only: on PostgreSQL the commit's NOTIFY already reaches the main process
+    if settings.storage.backend == "sqlite" and isinstance(hub, EventHub):
         hub.tap(channel.changed)
     runner = Runner(settings, tls)
     limits = settings.limits

@@ -9,8 +9,11 @@ from correo.config import Settings
 from correo.store.base import Store
 
 
-async def open_store(settings: Settings) -> Store:
-    """Build and open the configured store (``await store.close()`` when done)."""
+async def open_store(settings: Settings, *, listen: bool = True) -> Store:
+    """Build and open the configured store (``await store.close()`` when done).
+
+    ``listen=False``: a process that never watches mailboxes (an SMTP worker) need not
+    hear of other processes' changes (PostgreSQL: no LISTEN connection)."""
     backend = settings.storage.backend
     if backend == "sqlite":
         from correo.store.sqlite import SqliteStore
@@ -25,7 +28,7 @@ async def open_store(settings: Settings) -> Store:
     if backend == "postgresql":
         from correo.store.postgres import open_postgres_store
 
-        return await open_postgres_store(settings)
+        return await open_postgres_store(settings, listen=listen)
     raise ValueError(f"unknown storage backend {backend!r}")
 
 

@@ -129,9 +129,11 @@ class PostgresStore:
         settings = {**_SERVER_SETTINGS, "application_name": LISTEN_APPLICATION}
         return await asyncpg.connect(self.url, server_settings=settings, timeout=10)
 
-    async def open(self) -> None:
+    async def open(self, *, listen: bool = True) -> None:
         """Migrate the schema (once, whichever node gets there first), open the pool and
-        the LISTEN connection."""
+        the LISTEN connection. ``listen=False`` (an SMTP worker process, which only
+        writes: its commits still NOTIFY the others) leaves out LISTEN and the orphan file
+        sweep, both the main process's business."""
         try:
             if self.blobs.files is not None:
                 await asyncio.to_thread(self.blobs.files.root.mkdir, parents=True, exist_ok=True)
@@ -148,6 +150,8 @@ class PostgresStore:
                 timeout=10,
                 command_timeout=COMMAND_TIMEOUT,
             )
+            if not listen:
+                return
             self.listener = Listener(self.relay, self._connect_listener, self._highest)
             await self.listener.start()
             if self.blobs.files is not None:
@@ -589,10 +593,10 @@ def store_for(settings: Settings) -> PostgresStore:
     )
 
 
-async def open_postgres_store(settings: Settings) -> Store:
+async def open_postgres_store(settings: Settings, *, listen: bool = True) -> Store:
     """Build and open the PostgreSQL store (for ``correo.store.open_store``)."""
     store = store_for(settings)
-    await store.open()
+    await store.open(listen=listen)
     return store
 
 

@@ -78,6 +78,8 @@ def write_config(root: Path, url: str, relay_port: int | None = None) -> Path:
         "pool_size = 4\n"
         "[queue]\n"
         'lease = "2s"\n'
+        "[smtp]\n"
+        "workers = 2\n"  # the MX port of each node served by two worker processes
         "[auth]\n"
         "argon2_time_cost = 1\n"
         "argon2_memory_cost = 8\n"
@@ -206,6 +208,38 @@ def test_mail_through_a_is_read_and_idled_on_b(two_nodes: tuple[Node, Node]) -> 
         imap_a.expunge()  # EXPUNGE on B
         idle_until(imap_b, b"EXPUNGE", timeout=1.0)
         imap_b.idle_done()
+
+
+def test_idle_on_a_sees_a_delivery_by_a_worker_of_a(
+    two_nodes: tuple[Node, Node], database: str
+) -> None:
+    """On PostgreSQL a worker's commit reaches its own main process by NOTIFY, like any
+    other node's; workers open no LISTEN connection of their own."""
+    a, _b = two_nodes
+    body = b"From: x@remote.test\r\nTo: bob@example.test\r\nSubject: same\r\n\r\nhi A\r\n"
+    with IMAPClient(HOST, port=a.ports["imap"], ssl=False) as imap_a:
+        imap_a.login("bob@example.test", "secret")
+        imap_a.select_folder("INBOX")
+        imap_a.idle()
+        with smtplib.SMTP(HOST, a.ports["smtp"]) as smtp:
+            smtp.sendmail("x@remote.test", ["bob@example.test"], body)
+        idle_until(imap_a, b"EXISTS", timeout=2.0)
+        imap_a.idle_done()
+
+    async def listeners() -> int:
+        conn = await asyncpg.connect(database)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                    " AND datname = current_database()",
+                    "correo-listen",
+                )
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(listeners()) == 2  # one per node, none per worker
 
 
 def test_pop3_maildrop_lock_across_nodes(two_nodes: tuple[Node, Node]) -> None:
