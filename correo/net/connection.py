@@ -107,10 +107,9 @@ class Connection:
         self.shutdown_requested = False
         # The inactivity watchdog (see _arm): one timer per connection, not one per read.
         self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[Any] | None = None
-        self._deadline = 0.0
-        self._blocked = False
-        self._expired = False
+        self._waits: dict[asyncio.Task[Any] | None, float] = {}
+        """Tasks blocked in read or drain, and when their inactivity period ends."""
+        self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.TimerHandle | None = None
 
     # ---- what sessions use
@@ -158,7 +157,7 @@ class Connection:
         if self._runner.stopping:
             raise ServerShutdown
         self.waiting = True
-        self._arm()
+        task = self._arm()
         try:
             data = await self._reader.read(max_bytes)
         except (ConnectionError, OSError, ssl.SSLError):
@@ -168,56 +167,65 @@ class Connection:
             raise
         finally:
             self.waiting = False
-            self._blocked = False
+            self._waits.pop(task, None)
         if not data:
             self._eof = True
         return data
 
     # ---- the inactivity watchdog
-    def _arm(self) -> None:
-        """Start an inactivity period of ``self.timeout`` seconds.
+    def _arm(self) -> asyncio.Task[Any] | None:
+        """Start an inactivity period of ``self.timeout`` seconds for the calling task
+        (returned: the caller removes it from ``_waits`` when its wait ends).
 
         Asyncio's per-await ``timeout()`` costs a timer, a context manager and a heap
         entry per read; a session reads a dozen times per message. Instead one timer
-        per connection chases the deadline: when it fires early (the session read since)
-        it re-schedules itself at the current deadline; when the deadline has passed
-        while the session is still blocked, it cancels the session's task, which
-        :meth:`_interrupted` turns into IdleTimeout."""
+        per connection chases the nearest deadline of the tasks blocked on it (usually
+        one; during IMAP IDLE a reading task and the session's own, draining): when it
+        fires, tasks whose deadline passed are cancelled, which :meth:`_interrupted`
+        turns into IdleTimeout, and it re-schedules itself for the rest."""
+        task = asyncio.current_task()
         deadline = self._loop.time() + self.timeout
-        self._deadline = deadline
-        self._blocked = True
-        # the task waiting now: usually the session's, but IMAP IDLE reads in a task of
-        # its own (RFC 2177) and that one must get the IdleTimeout
-        self._task = asyncio.current_task()
+        self._waits[task] = deadline
         dog = self._watchdog
         if dog is None or dog.when() > deadline:  # none yet, or the timeout was shortened
             if dog is not None:
                 dog.cancel()
-            self._watchdog = self._loop.call_at(deadline, self._bark, deadline)
+            self._watchdog = self._loop.call_at(deadline, self._bark)
+        return task
 
-    def _bark(self, scheduled: float) -> None:
+    def _bark(self) -> None:
         self._watchdog = None
-        if not self._blocked:
-            return  # the next read or drain arms it again
-        if self._deadline > scheduled:
-            self._watchdog = self._loop.call_at(self._deadline, self._bark, self._deadline)
-        elif self._task is not None:
-            self._expired = True
-            self._task.cancel()
+        now = self._loop.time() + 0.001  # the loop may run a timer a hair early
+        nearest: float | None = None
+        for task, deadline in list(self._waits.items()):
+            if deadline <= now:
+                del self._waits[task]
+                if task is not None:
+                    self._expired.add(task)
+                    task.cancel()
+            elif nearest is None or deadline < nearest:
+                nearest = deadline
+        if nearest is not None:
+            self._watchdog = self._loop.call_at(nearest, self._bark)
 
     def _interrupted(self) -> None:
-        """Turn the watchdog's or the shutdown's cancellation into our exceptions; any
-        other cancellation propagates (the caller re-raises)."""
-        task = self._task
-        if self._expired and task is not None and task.uncancel() == 0:
-            self._expired = False
-            raise IdleTimeout from None
-        if self.shutdown_requested and task is not None and task.uncancel() == 0:
+        """Turn the watchdog's or the shutdown's cancellation of the current task into
+        our exceptions; any other cancellation propagates (the caller re-raises)."""
+        task = asyncio.current_task()
+        if task is None:
+            return
+        if task in self._expired:
+            self._expired.discard(task)
+            if task.uncancel() == 0:
+                raise IdleTimeout from None
+            return  # cancelled by someone else as well: that wins
+        if self.shutdown_requested and task.uncancel() == 0:
             raise ServerShutdown from None
 
     def disarm(self) -> None:
         """Drop the watchdog (the runner calls this when the session ends)."""
-        self._blocked = False
+        self._waits.clear()
+        self._expired.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -242,7 +250,7 @@ class Connection:
         transport = self._writer.transport
         if not transport.get_write_buffer_size() and not transport.is_closing():
             return  # all sent already (the common case): nothing to wait for
-        self._arm()
+        task = self._arm()
         try:
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
@@ -251,7 +259,7 @@ class Connection:
             self._interrupted()
             raise
         finally:
-            self._blocked = False
+            self._waits.pop(task, None)
 
     async def start_tls(self) -> None:
         """Upgrade to TLS. Anything the client sent after the STARTTLS command and before

@@ -19,7 +19,7 @@ from correo import config
 from correo.context import Context
 from correo.net.connection import Connection, IdleTimeout, Service
 from correo.net.proxy import build_v1, build_v2
-from correo.net.runner import Runner
+from correo.net.runner import Runner, bind_listener
 from correo.net.tls import TlsContexts
 
 
@@ -41,6 +41,17 @@ async def echo(conn: Connection, ctx: Context) -> None:
             elif line == b"SHORT":
                 conn.set_timeout(0.3)
                 conn.write(b"OK\r\n")
+            elif line == b"BIGIDLE":  # IDLE's reader task + a slow drain in the session
+                conn.set_timeout(1.0)
+                reading = asyncio.ensure_future(conn.read())
+                conn.write(b"B" * (8 << 20) + b"\r\n")
+                await conn.drain()
+                await asyncio.wait({reading})
+                try:
+                    reading.result()
+                except IdleTimeout:
+                    conn.write(b"TIMED OUT IN TASK\r\n")
+                    return
             elif line == b"TASKREAD":  # read from another task, as IMAP IDLE does
                 reading = asyncio.ensure_future(conn.read())
                 await asyncio.wait({reading})  # unlike await, wait() does not pass a
@@ -159,6 +170,23 @@ async def test_idle_timeout_reaches_a_read_in_another_task(
     writer.close()
 
 
+async def test_a_drain_in_the_session_does_not_cancel_the_readers_timeout(
+    echo_server: tuple[Runner, int],
+) -> None:
+    """The watchdog keeps a deadline per waiting task: the session's drain (a big reply
+    the client reads at once) ends, the reader task's inactivity period still runs."""
+    _, port = echo_server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+    await line(reader)
+    started = asyncio.get_running_loop().time()
+    writer.write(b"BIGIDLE\r\n")
+    big = await asyncio.wait_for(reader.readline(), 5)
+    assert len(big) == (8 << 20) + 2
+    assert await asyncio.wait_for(reader.readline(), 5) == b"TIMED OUT IN TASK\r\n"
+    assert asyncio.get_running_loop().time() - started >= 0.9
+    writer.close()
+
+
 async def test_shutdown_says_goodbye_to_idle_sessions(
     tmp_path: Path, test_cert: tuple[Path, Path]
 ) -> None:
@@ -252,3 +280,21 @@ async def test_starttls_never_loses_the_client_hello(
         writer.write(b"N%d\r\n" % i)
         assert await line(reader) == b"ECHO N%d\r\n" % i
         writer.close()
+
+
+def test_bind_listener_binds_every_address_of_a_name_on_one_port() -> None:
+    """The SMTP workers' sockets: one per address "localhost" resolves to (as asyncio's
+    servers bind), all on the port the first got; a port in use is an error."""
+    wanted = {
+        (info[0], info[4][0])
+        for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)
+    }
+    socks = bind_listener(config.HostPort("localhost", 0))
+    try:
+        assert {(s.family, s.getsockname()[0]) for s in socks} == wanted
+        assert len({s.getsockname()[1] for s in socks}) == 1
+        with pytest.raises(OSError):
+            bind_listener(config.HostPort("127.0.0.1", socks[0].getsockname()[1]))
+    finally:
+        for s in socks:
+            s.close()
