@@ -93,8 +93,11 @@ class HostPort:
 def auto_workers() -> int:
     """``[smtp] workers = "auto"``: one SMTP worker process per CPU, none on one CPU
     (there a worker would only add a hop)."""
-    cpus = os.cpu_count() or 1
-    return cpus if cpus > 1 else 0
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (cgroups, taskset)
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(cpus, 64) if cpus > 1 else 0
 
 
 def parse_hostport(value: object, default_port: int | None = None) -> HostPort:

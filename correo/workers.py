@@ -3,11 +3,11 @@
 Why: one Python process runs its protocol code on one core (the GIL). Receiving mail one
 connection per message costs about a millisecond of CPU per message in correo, so a
 single process tops out well below what the machine can do, while Postfix runs as many
-``smtpd`` processes as it likes. With ``[smtp] workers = N`` the main process binds N
-listening sockets per ``smtp`` address with SO_REUSEPORT (before dropping privileges,
-port 25 being privileged) and starts N ``python -m correo.workers`` processes; the kernel
-spreads incoming connections over the sockets. Submission, POP3, IMAP and the queue
-runner stay in the main process.
+``smtpd`` processes as it likes. With ``[smtp] workers = N`` the main process binds the
+``smtp`` addresses (before dropping privileges, port 25 being privileged) and starts N
+``python -m correo.workers`` processes that all accept on those sockets: a worker that
+dies leaves the others serving the port. Submission, POP3, IMAP and the queue runner
+stay in the main process.
 
 Each worker opens the same store (SQLite in WAL mode takes writers from several
 processes, each with its own group commit; PostgreSQL is built for it) and reports to
@@ -20,13 +20,21 @@ the main process over a private socketpair, one line per event:
   runner.
 * ``R``: it is serving.
 
-Start-up: workers are spawned while the main process still has its privileges (so the
-interpreter is readable whatever the install), block reading their settings on stdin,
-and get them only once the main process has opened (created, migrated) the store; then
-they drop privileges themselves and open it. A worker that exits unexpectedly is
-restarted; SIGHUP (new TLS certificates) is passed on; at shutdown each gets SIGTERM and
-finishes its sessions like the main process. A worker whose main process disappears
-(its channel reaches EOF) stops too.
+Start-up: workers are spawned while the main process still has its privileges, with
+``-P`` (no current directory on the import path of a root process) and the main
+process's own ``correo`` first on ``PYTHONPATH``. They import what they need, then block
+reading their settings on stdin, which come only once the main process has opened
+(created, migrated) the store; then each loads the TLS certificates (keys are often
+readable by root only), drops privileges itself and opens the store.
+
+A worker that exits unexpectedly is restarted with backoff. Restarts are spawned by the
+main process after it dropped privileges, so the interpreter, correo and the TLS key
+must then be readable by ``[server] user``; if they are not, the error is logged at
+each attempt and the remaining workers go on serving the port. If a worker dies, the
+main process also re-announces every watched mailbox, so changes the worker had not yet
+reported are not missed by IDLE clients. SIGHUP (new TLS certificates) is passed on; at
+shutdown each worker gets SIGTERM and finishes its sessions like the main process; a
+worker whose main process disappears (its channel reaches EOF) stops too.
 
 Connection limits (``[limits] max_connections``, ``max_connections_per_ip``) hold for
 the main process and the workers together, through a shared-memory table of counts
@@ -45,6 +53,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from correo.config import HostPort, Settings
@@ -52,6 +61,8 @@ from correo.net.limits import ConnectionCounts, SharedTable
 
 if TYPE_CHECKING:
     from correo.context import Context
+    from correo.net.tls import TlsContexts
+    from correo.store.events import EventHub
 
 log = logging.getLogger("correo.workers")  # also when run as __main__
 
@@ -75,13 +86,20 @@ class WorkerError(RuntimeError):
 @dataclass
 class _Worker:
     index: int
-    sockets: list[tuple[HostPort, socket.socket]]
     proc: asyncio.subprocess.Process | None = None
+    configured: bool = False
+    """Its settings were sent: it may have dropped privileges, signals reach it. Before,
+    it is still root and only the EOF of its stdin stops it."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_at: float = 0.0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     channel: asyncio.StreamWriter | None = None
     """Our end of the channel; kept open (its EOF tells the worker we are gone)."""
     failures: int = 0
+
+
+STABLE_AFTER = 60.0
+"""Seconds a worker must have served before a crash counts as a first one again."""
 
 
 class WorkerPool:
@@ -92,24 +110,24 @@ class WorkerPool:
         self.count = settings.smtp.workers
         self.table = SharedTable.create(self.count + 1)
         """Connection counts: row 0 is the main process's, row i + 1 worker i's."""
-        self._workers: list[_Worker] = []
+        self.sockets: list[tuple[HostPort, socket.socket]] = []
+        """The listening sockets every worker accepts on."""
+        self._workers = [_Worker(i) for i in range(self.count)]
         self._ctx: Context | None = None
         self._stopping = False
         self._supervisors: set[asyncio.Task[None]] = set()
 
     def bind(self) -> list[HostPort]:
-        """Bind every ``smtp`` address once per worker (call while still privileged)."""
-        from correo.net.runner import bind_shared
+        """Bind every ``smtp`` address (call while still privileged)."""
+        from correo.net.runner import bind_listener
 
-        per_addr = [(a, bind_shared(a, self.count)) for a in self.settings.listen.smtp]
-        self._workers = [
-            _Worker(i, [(addr, socks[i]) for addr, socks in per_addr]) for i in range(self.count)
-        ]
         bound = []
-        for _addr, socks in per_addr:
-            host, port = socks[0].getsockname()[:2]
-            bound.append(HostPort(host, port))
-            log.info("listening: smtp on %s (%d worker processes)", bound[-1], self.count)
+        for addr in self.settings.listen.smtp:
+            for sock in bind_listener(addr):
+                self.sockets.append((addr, sock))
+                host, port = sock.getsockname()[:2]
+                bound.append(HostPort(host, port))
+                log.info("listening: smtp on %s (%d worker processes)", bound[-1], self.count)
         return bound
 
     async def spawn_all(self) -> None:
@@ -151,20 +169,23 @@ class WorkerPool:
     # ---------------------------------------------------------------- processes
     async def _spawn(self, worker: _Worker) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = [child_end.fileno(), self.table.fd] + [s.fileno() for _a, s in worker.sockets]
+        fds = [child_end.fileno(), self.table.fd] + [s.fileno() for _a, s in self.sockets]
         args = [str(worker.index), str(child_end.fileno()), f"{self.table.fd}:{self.table.rows}"]
-        args += [f"{s.fileno()}={addr}" for addr, s in worker.sockets]
+        args += [f"{s.fileno()}={addr}" for addr, s in self.sockets]
         try:
             worker.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",  # a root process: nothing from the current directory
                 "-m",
                 "correo.workers",
                 *args,
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=fds,
+                env=_child_env(),
             )
         finally:
             child_end.close()
+        worker.configured = False
         worker.ready.clear()
         if worker.channel is not None:  # the previous process's, on a restart
             worker.channel.close()
@@ -179,6 +200,7 @@ class WorkerPool:
         proc = worker.proc
         assert proc is not None and proc.stdin is not None
         proc.stdin.write(pickle.dumps(self.settings))
+        worker.configured = True
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
         proc.stdin.close()
@@ -186,22 +208,22 @@ class WorkerPool:
     async def _listen(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         """One worker's event lines (module docstring)."""
         from correo.queue.runner import wake
-        from correo.store.events import EventHub
 
         while line := await reader.readline():
             kind, _, rest = line.rstrip(b"\n").partition(b" ")
             ctx = self._ctx
             if kind == b"M" and ctx is not None:
-                hub = getattr(ctx.store, "events", None)
-                if isinstance(hub, EventHub):
+                hub = _hub(ctx)
+                if hub is not None:
                     hub.publish_many(_pairs(rest))
             elif kind == b"Q" and ctx is not None:
                 wake(ctx)
             elif kind == b"R":
-                worker.failures = 0
+                worker.ready_at = asyncio.get_running_loop().time()
                 worker.ready.set()
 
     async def _supervise(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             proc = worker.proc
             assert proc is not None
@@ -209,23 +231,43 @@ class WorkerPool:
             self.table.clear_row(worker.index + 1)  # its connections died with it
             if self._stopping:
                 return
-            delay = RESTART_DELAYS[min(worker.failures, len(RESTART_DELAYS) - 1)]
-            worker.failures += 1
-            log.error(
-                "smtp worker %d (pid %d) exited with status %s; restarting in %.1fs",
-                worker.index,
-                proc.pid,
-                code,
-                delay,
-            )
-            await asyncio.sleep(delay)
-            if self._stopping:
-                return
+            if worker.ready.is_set() and loop.time() - worker.ready_at >= STABLE_AFTER:
+                worker.failures = 0
+            log.error("smtp worker %d (pid %d) exited with status %s", worker.index, proc.pid, code)
+            await self._reannounce()
+            while True:
+                delay = RESTART_DELAYS[min(worker.failures, len(RESTART_DELAYS) - 1)]
+                worker.failures += 1
+                log.info("smtp worker %d: restarting in %.1fs", worker.index, delay)
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    return
+                try:
+                    await self._spawn(worker)
+                    await self._configure(worker)
+                    break
+                except OSError as exc:
+                    log.error(
+                        "smtp worker %d: cannot restart (the interpreter and correo must be"
+                        " readable by [server] user): %s",
+                        worker.index,
+                        exc,
+                    )
+
+    async def _reannounce(self) -> None:
+        """A dead worker may not have reported its last few milliseconds of changes:
+        tell every watched mailbox its current MODSEQ (listeners read what is new)."""
+        ctx = self._ctx
+        hub = _hub(ctx) if ctx is not None else None
+        highest = getattr(ctx.store, "highest_modseqs", None) if ctx is not None else None
+        if hub is None or highest is None:
+            return
+        watched = hub.watched()
+        if watched:
             try:
-                await self._spawn(worker)
-                await self._configure(worker)
-            except OSError as exc:
-                log.error("smtp worker %d: cannot restart: %s", worker.index, exc)
+                hub.publish_many((await highest(watched)).items())
+            except Exception as exc:  # a store error: IDLE clients poll again anyway
+                log.warning("could not re-announce watched mailboxes: %s", exc)
 
     # ---------------------------------------------------------------- control
     @property
@@ -236,17 +278,29 @@ class WorkerPool:
         ]
 
     def signal_all(self, signum: int) -> None:
+        """Signal the workers that run as we do (a worker not yet configured may still be
+        root, out of our reach after the privilege drop: :meth:`stop` closes its stdin)."""
         for worker in self._workers:
-            if worker.proc is not None and worker.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(signum)
+            proc = worker.proc
+            if proc is not None and proc.returncode is None and worker.configured:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    proc.send_signal(signum)
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM each worker (it finishes its sessions within ``grace``); SIGKILL after."""
+        """Stop every worker: SIGTERM (it finishes its sessions within ``grace``) and the
+        channel's EOF; a worker never configured gets EOF on stdin and exits. SIGKILL for
+        whatever is left after ``grace`` + 5 s."""
         self._stopping = True
         for task in self._supervisors:
             task.cancel()
+        for worker in self._workers:
+            proc = worker.proc
+            if proc is not None and not worker.configured and proc.stdin is not None:
+                proc.stdin.close()
         self.signal_all(signal.SIGTERM)
+        for worker in self._workers:
+            if worker.channel is not None:
+                worker.channel.close()
         procs = [w.proc for w in self._workers if w.proc is not None]
         waits = [asyncio.create_task(p.wait()) for p in procs]
         if waits:
@@ -257,11 +311,31 @@ class WorkerPool:
         for worker in self._workers:
             for task in list(worker.tasks):
                 task.cancel()
-            if worker.channel is not None:
-                worker.channel.close()
-            for _addr, sock in worker.sockets:
-                sock.close()
+        for _addr, sock in self.sockets:
+            sock.close()
         self.table.close_fd()
+
+
+def _hub(ctx: Context) -> EventHub | None:
+    """The main process's hub, when deliveries must be relayed to it (SQLite)."""
+    from correo.store.events import EventHub
+
+    hub = getattr(ctx.store, "events", None)
+    if ctx.settings.storage.backend != "sqlite" or not isinstance(hub, EventHub):
+        return None
+    return hub
+
+
+def _child_env() -> dict[str, str]:
+    """The environment for a worker: this process's ``correo`` first on the path, so the
+    workers run the same code as the main process (with ``-P``, not the current
+    directory's)."""
+    import correo
+
+    root = str(Path(correo.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _pairs(text: bytes) -> list[tuple[int, int]]:
@@ -343,12 +417,12 @@ async def _serve(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # certificates first: their keys are often readable by root alone
+    tls = TlsContexts(settings.tls) if settings.tls.cert else None
+    loop.add_signal_handler(signal.SIGHUP, _reload, tls)
     if os.geteuid() == 0 and settings.server.user:
         drop_privileges(settings.server.user)
     store = await open_store(settings, listen=False)  # it writes, it never watches
-    tls = TlsContexts(settings.tls) if settings.tls.cert else None
-    if tls is not None:
-        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     ctx = Context(
         settings=settings,
         store=store,
@@ -378,7 +452,7 @@ async def _serve(
     parent = asyncio.create_task(reader.read())  # b"" once the main process is gone
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({parent, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if parent.done():
+    if parent.done() and not stop.is_set():
         log.warning("smtp worker %d: main process gone, stopping", index)
     parent.cancel()
     stopping.cancel()
@@ -391,6 +465,17 @@ async def _serve(
     writer.close()
 
 
+def _reload(tls: TlsContexts | None) -> None:
+    """SIGHUP: re-read the certificates; a failure keeps the old ones (as the main
+    process does). Without TLS there is nothing to do, but the signal must not kill."""
+    if tls is None:
+        return
+    try:
+        tls.reload()
+    except Exception as exc:
+        log.error("tls reload failed, keeping the old certificates: %s", exc)
+
+
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
@@ -399,12 +484,17 @@ def _split(addr: str) -> tuple[str, int]:
 def main(argv: list[str]) -> int:
     """``python -m correo.workers INDEX CHANNEL_FD TABLE_FD:ROWS FD=HOST:PORT ...``
     (from :class:`WorkerPool`)."""
-    # Ctrl-C in a terminal reaches the whole process group; the main process decides.
+    # Ctrl-C in a terminal reaches the whole process group: the main process decides.
+    # SIGHUP (a reload) is handled once serving; until then it must not kill us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     index, channel_fd, listeners = int(argv[0]), int(argv[1]), argv[3:]
     table_fd, _, rows = argv[2].partition(":")
     table = SharedTable(int(table_fd), int(rows))
     table.close_fd()  # the mapping keeps what it needs
+    os.set_inheritable(channel_fd, False)  # inherited for us, not for anything we start
+    for item in listeners:
+        os.set_inheritable(int(item.partition("=")[0]), False)
     # imported while still privileged (the interpreter may be unreadable afterwards)
     import correo.server
     import correo.smtp.session

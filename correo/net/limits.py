@@ -38,7 +38,7 @@ class SharedTable:
     @classmethod
     def create(cls, rows: int) -> SharedTable:
         """A zeroed table for ``rows`` processes; its ``fd`` is passed to the workers."""
-        fd = os.memfd_create("correo-connections", 0)
+        fd = os.memfd_create("correo-connections", os.MFD_CLOEXEC)
         os.ftruncate(fd, rows * _ROW * _CELL)
         return cls(fd, rows)
 

@@ -347,25 +347,29 @@ class Runner:
             await server.wait_closed()
 
 
-def bind_shared(addr: HostPort, count: int) -> list[socket.socket]:
-    """``count`` listening sockets on one address with SO_REUSEPORT: the kernel spreads
-    incoming connections over them, one socket per worker process. Bound before
-    privileges are dropped (port 25); when port 0 is asked, all share the port the first
-    one got."""
-    info = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)[0]
-    family, sockaddr = info[0], info[4]
+def bind_listener(addr: HostPort) -> list[socket.socket]:
+    """Listening sockets for ``addr``, one per address its name resolves to (IPv6 ones
+    IPv6-only), bound as asyncio's servers bind: for the SMTP worker processes, which all
+    accept on the same sockets. Bound before privileges are dropped (port 25). A port in
+    use is an error, as for any listener; when port 0 is asked, all take the port the
+    first one got."""
+    infos = socket.getaddrinfo(
+        addr.host or None, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
     socks: list[socket.socket] = []
+    port = addr.port
     try:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
+        for family, kind, proto, _name, sockaddr in dict.fromkeys(
+            (i[0], i[1], i[2], i[3], i[4]) for i in infos
+        ):
+            sock = socket.socket(family, kind, proto)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
             sock.listen(1024)
-            sockaddr = sock.getsockname()  # later ones take the port the first one got
+            port = sock.getsockname()[1]
     except OSError:
         for sock in socks:
             sock.close()

@@ -64,6 +64,10 @@ class EventHub:
         if not listeners:
             del self._listeners[mailbox_id]
 
+    def watched(self) -> list[int]:
+        """Mailboxes someone listens to (to re-announce after notifications were lost)."""
+        return list(self._listeners)
+
     def listener_count(self, mailbox_id: int) -> int:
         return len(self._listeners.get(mailbox_id, ()))
 

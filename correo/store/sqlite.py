@@ -223,6 +223,23 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise map_error(exc) from exc
 
+    async def highest_modseqs(self, mailbox_ids: Sequence[int]) -> dict[int, int]:
+        """Current HIGHESTMODSEQ of each mailbox that still exists (for re-announcing
+        watched mailboxes after a worker died before reporting its changes)."""
+        ids = list(dict.fromkeys(mailbox_ids))
+        out: dict[int, int] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            sql = (
+                f"SELECT id, highestmodseq FROM mailboxes WHERE id IN ({','.join('?' * len(part))})"
+            )
+            try:
+                rows = self._q().execute(sql, part).fetchall()  # one statement: one snapshot
+            except sqlite3.Error as exc:
+                raise map_error(exc) from exc
+            out.update((int(r[0]), int(r[1])) for r in rows)
+        return out
+
     async def _thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read that may touch many rows, on the reader thread."""
         if self._reader_pool is None or self._reader_conn is None:

@@ -124,13 +124,13 @@ def test_bad_values_name_file_key_reason(tmp_path: Path, text: str, key: str, re
 
 
 def test_smtp_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: {0, 1})
     assert load_text(tmp_path, "").smtp.workers == 2  # "auto" by default
     assert load_text(tmp_path, "[smtp]\nworkers = 0\n").smtp.workers == 0
     assert load_text(tmp_path, "[smtp]\nworkers = 3\n").smtp.workers == 3
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
     assert load_text(tmp_path, '[smtp]\nworkers = "auto"\n').smtp.workers == 4
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 1)  # one CPU: no gain, none
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: {5})  # one CPU: none
     assert load_text(tmp_path, '[smtp]\nworkers = "auto"\n').smtp.workers == 0
 
 
