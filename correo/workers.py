@@ -183,6 +183,9 @@ class WorkerPool:
                 pass_fds=fds,
                 env=_child_env(),
             )
+        except BaseException:
+            parent_end.close()
+            raise
         finally:
             child_end.close()
         worker.configured = False
