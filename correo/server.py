@@ -4,6 +4,10 @@ Start-up order matters when started as root: listeners are bound first (ports be
 1024), privileges are dropped to ``[server] user``, and only then is the store opened,
 so every file correo creates belongs to the unprivileged user. Connections are accepted
 only once the store is open.
+
+With ``[smtp] workers`` the MX listener is bound here too but served by worker processes
+(``correo.workers``), spawned before the privilege drop and configured once the store is
+open; the connection limits then count across all processes.
 """
 
 from __future__ import annotations
