@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import platform
@@ -63,7 +62,7 @@ def make(size: int, n: int, tag: str) -> IncomingMessage:
     head = f"Subject: bench {tag} {n}\r\nMessage-ID: <{tag}.{n}@bench>\r\n\r\n".encode()
     line = b"The quick brown fox jumps over the lazy dog, again and again.\r\n"
     data = head + (line * (size // len(line) + 1))[: max(size - len(head), 0)]
-    return IncomingMessage(data, hashlib.sha256(data).hexdigest(), json.dumps({"n": n}).encode())
+    return IncomingMessage(data, json.dumps({"n": n}).encode())
 
 
 async def writer_cpu(store: SqliteStore) -> float:

@@ -14,7 +14,6 @@ starts at 0 to include the prefix lines.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -233,7 +232,7 @@ def prepare(data: bytes, *, crlf: bool = False) -> IncomingMessage:
             body=_fallback(data),
             body_8bit=not data.isascii(),
         )
-    return IncomingMessage(data=data, sha256=hashlib.sha256(data).hexdigest(), meta=meta.to_json())
+    return IncomingMessage(data=data, meta=meta.to_json())
 
 
 # --------------------------------------------------------------------------- IMAP views

@@ -20,6 +20,7 @@ Conventions
 from __future__ import annotations
 
 import enum
+import hashlib
 from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -197,12 +198,18 @@ class MessageText:
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
-    """A message parsed once, ready to be stored (``correo.mail.message.prepare``)."""
+    """A message parsed once, ready to be stored (``correo.mail.message.prepare``).
+
+    Its SHA-256, which names the blob, is computed here from ``data`` and never given:
+    it cannot disagree with the body, so no store hashes the body again to check it."""
 
     data: bytes
     """The body with CRLF line ends, without per-recipient prefix lines."""
-    sha256: str
     meta: bytes
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -429,8 +428,6 @@ class PostgresStore:
     # ------------------------------------------------------------------ messages
 
     async def _prepare(self, message: IncomingMessage) -> None:
-        if hashlib.sha256(message.data).hexdigest() != message.sha256:
-            raise ValueError("IncomingMessage.sha256 does not match its data")
         await self.blobs.prepare(message.sha256, message.data)
 
     async def _discard(self, message: IncomingMessage) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -390,18 +389,9 @@ class SqliteStore:
     # ------------------------------------------------------------------ messages
 
     async def _prepare(self, message: IncomingMessage) -> None:
-        """Check the digest; write a big body's file (fsynced) before the transaction."""
-        if len(message.data) <= self.inline_threshold:
-            if hashlib.sha256(message.data).hexdigest() != message.sha256:
-                raise ValueError("IncomingMessage.sha256 does not match its data")
-            return
-
-        def write() -> None:
-            if hashlib.sha256(message.data).hexdigest() != message.sha256:
-                raise ValueError("IncomingMessage.sha256 does not match its data")
-            self.blobs.write(message.sha256, message.data)
-
-        await asyncio.to_thread(write)
+        """Write a big body's file (fsynced) before the transaction."""
+        if len(message.data) > self.inline_threshold:
+            await asyncio.to_thread(self.blobs.write, message.sha256, message.data)
 
     async def deliver(
         self,

@@ -11,7 +11,6 @@ gets CRLF line ends); ``account`` → ``alice@example.org`` with its default mai
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,7 +29,6 @@ def message(body: bytes | str, meta: dict[str, object] | None = None) -> Incomin
     data = body.replace("\n", "\r\n").encode() if isinstance(body, str) else body
     return IncomingMessage(
         data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
         meta=json.dumps(meta or {"size": len(data)}).encode(),
     )
 

@@ -11,7 +11,6 @@ and refuses a destination holding another installation.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ pytestmark = pytest.mark.postgres
 
 
 def msg(data: bytes) -> IncomingMessage:
-    return IncomingMessage(data, hashlib.sha256(data).hexdigest(), json.dumps({"n": 1}).encode())
+    return IncomingMessage(data, json.dumps({"n": 1}).encode())
 
 
 def write_config(root: Path, storage: str) -> Path:

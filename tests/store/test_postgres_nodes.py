@@ -10,7 +10,6 @@ nodes; the schema migrates once when nodes start together.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import time
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.postgres
 
 def msg(body: bytes | str) -> IncomingMessage:
     data = body.replace("\n", "\r\n").encode() if isinstance(body, str) else body
-    return IncomingMessage(data, hashlib.sha256(data).hexdigest(), json.dumps({}).encode())
+    return IncomingMessage(data, json.dumps({}).encode())
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from correo.mail.message import (
     section_range,
 )
 from correo.mail.mime import MAX_DEPTH, MAX_PARTS, BodyPart
+from correo.store.base import IncomingMessage
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -488,6 +489,15 @@ def test_prepare_hash_and_data() -> None:
     assert inc.data == b"Subject: x\r\n\r\nbody\r\n"
     assert inc.sha256 == hashlib.sha256(inc.data).hexdigest()
     assert MessageMeta.from_json(inc.meta).header_end == 14
+
+
+def test_the_blob_name_is_derived_never_given() -> None:
+    """The digest naming a content-addressed body cannot disagree with the body: it is
+    computed from the data, and no caller can pass one (so stores need not re-hash)."""
+    msg = IncomingMessage(b"body\r\n", b"{}")
+    assert msg.sha256 == hashlib.sha256(b"body\r\n").hexdigest()
+    with pytest.raises(TypeError):
+        IncomingMessage(b"body\r\n", b"{}", "0" * 64)  # type: ignore[call-arg]
 
 
 def test_sender_and_reply_to_default_to_from() -> None:
