@@ -320,7 +320,8 @@ class WorkerPool:
 
 
 def _hub(ctx: Context) -> EventHub | None:
-    """The main process's hub, when deliveries must be relayed to it (SQLite)."""
+    """The store's hub when worker deliveries must be relayed over the channel (SQLite);
+    None on PostgreSQL, whose NOTIFY already crosses processes."""
     from correo.store.events import EventHub
 
     hub = getattr(ctx.store, "events", None)
@@ -415,7 +416,6 @@ async def _serve(
     from correo.queue.runner import EXTRAS_KEY
     from correo.server import SERVICES, _limiter, _service, drop_privileges
     from correo.store import open_store
-    from correo.store.events import EventHub
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -435,9 +435,8 @@ async def _serve(
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
     channel = _Channel(writer)
     ctx.extras[EXTRAS_KEY] = channel
-    hub = getattr(store, "events", None)
-    # SQLite only: on PostgreSQL the commit's NOTIFY already reaches the main process
-    if settings.storage.backend == "sqlite" and isinstance(hub, EventHub):
+    hub = _hub(ctx)  # SQLite: on PostgreSQL the commit's NOTIFY reaches the main process
+    if hub is not None:
         hub.tap(channel.changed)
     runner = Runner(settings, tls)
     limits = settings.limits

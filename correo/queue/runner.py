@@ -422,10 +422,7 @@ async def run(ctx: Context) -> None:
 
 def wake(ctx: Context) -> None:
     """Call after ``Store.deliver(..., queue=...)`` returned: deliver without waiting."""
-    runner = ctx.extras.get(EXTRAS_KEY)
-    if isinstance(runner, QueueRunner):
-        runner.wake()
-    else:
-        remote = getattr(runner, "wake", None)  # in an SMTP worker: tells the main process
-        if callable(remote):
-            remote()
+    # the runner itself, or in an SMTP worker the channel to the main process's runner
+    waker = getattr(ctx.extras.get(EXTRAS_KEY), "wake", None)
+    if callable(waker):
+        waker()
